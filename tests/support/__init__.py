@@ -1,0 +1,1 @@
+"""Shared test support: real-tool lookup, free ports, the simulator process."""
