@@ -226,7 +226,9 @@ def _command(raw: object) -> tuple[str, ...]:
         or not items
         or not all(isinstance(x, str) and x for x in items)
     ):
-        raise ValueError('a non-empty list of strings like ["systemctl", "restart", "ollama.service"]')
+        raise ValueError(
+            'a non-empty list of strings like ["systemctl", "restart", "ollama.service"]'
+        )
     return tuple(items)
 
 
@@ -334,7 +336,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
                 + ", ".join(f"[{s}]" for s in SECTIONS)
             )
         if not isinstance(body, dict):
-            raise ConfigError(f"{path}: {section} must be a table: write [{section}] on its own line")
+            raise ConfigError(
+                f"{path}: {section} must be a table: write [{section}] on its own line"
+            )
         for key, raw in body.items():
             if (section, key) not in _PARSERS:
                 known = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
