@@ -1,0 +1,323 @@
+"""Pure parsing of Ollama's log lines: one line in, at most one event out.
+
+Ollama writes three kinds of lines into the same stream (FACTS.md §2): gin's request log
+(``[GIN] 2024/12/11 - 09:58:58 | 500 |        29m59s |      10.0.0.123 | POST     "/api/chat"``),
+Go slog lines (``time=... level=WARN source=x.go:1 msg="..." key=value``; before 0.7 the first
+line went through Go's ``log`` package: ``2025/02/02 09:23:09 routes.go:1187: INFO server config``)
+and the model runner's own output, verbatim. Of the runner's output only llama-server's timing
+lines (v0.30+, §2.7) carry numbers worth counting.
+
+Nothing here keys on a prefix: journald (with localised month names), docker compose, GUI log
+wrappers and C output glued in front are all skipped by searching for ``[GIN] `` / ``level=``
+inside the line. Every label value an event carries comes from a fixed set
+(:mod:`ollama_watchdog.routes`, :data:`LEVELS`, :data:`RUNNER_ERROR_KINDS`), so no input can
+create new series, and no message text or prompt ever leaves this module.
+
+Speed matters (the parser sees every line Ollama writes): each kind of line is recognised by a
+substring test before any regex runs, and each kind has one compiled regex at most.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ollama_watchdog.routes import method_label, route_label
+
+#: values of ``ollama_log_messages_total{level}``
+LEVELS: Final = ("trace", "debug", "info", "warn", "error")
+
+#: values of ``ollama_runner_errors_total{kind}``
+RUNNER_ERROR_KINDS: Final = (
+    "runner_terminated",  # the runner process exited on its own (crash, exit status, signal)
+    "out_of_memory",  # host or GPU memory ran out, or the scheduler refused for lack of it
+    "gpu_error",  # the GPU could not be queried or its memory did not come back
+    "load_failed",  # a model could not be loaded for another reason
+    "load_timeout",  # the runner did not become ready within OLLAMA_LOAD_TIMEOUT
+    "completion_failed",  # the runner failed while serving a request
+)
+
+TimingPhase = Literal["prompt", "eval", "total"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One gin request line: logged once when the response has finished."""
+
+    method: str  # bounded: routes.METHODS or "other"
+    route: str  # bounded: a routes.ROUTES template or "other"
+    code: int  # the 3-digit status code
+    seconds: float  # gin's latency (whole seconds above one minute)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One slog (or pre-slog ``log.Printf``) line of the Ollama server."""
+
+    level: str  # one of LEVELS
+    error_kind: str | None = None  # one of RUNNER_ERROR_KINDS when the line reports one
+    runner_blob: str | None = None  # sha256 hex of the model blob a runner was started for
+    loaded_runners: int | None = None  # the scheduler's ``loaded runners count=N``
+    server_start: bool = False  # the first line(s) of a new ``ollama serve`` process
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """One line of llama-server's ``print_timing`` block (per-line or block form)."""
+
+    phase: TimingPhase  # "prompt" eval, "eval" (generation) or the "total" line that ends it
+    seconds: float
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A line that carries a marker we know (``[GIN] ``, ``level=``) but does not parse.
+
+    Counted by ``ollama_watchdog_log_lines_unparsed_total``: a rising count means Ollama's
+    format moved and this parser needs an update.
+    """
+
+    marker: Literal["gin", "slog"]
+
+
+Event = Request | Message | Timing | Malformed
+
+# --- gin ------------------------------------------------------------------------------------
+
+# After "[GIN] ": date and time (unused: local time without a zone), status, latency, client,
+# method, then the Go-quoted path. The quote may itself be escaped (\") when a GUI wrapped the
+# line into JSON (real-logs.txt [19]). The path stops at a quote or backslash: Go escapes only
+# odd bytes, and whatever follows such a byte cannot change the route.
+_GIN_RE: Final = re.compile(
+    r"[^|]*\| (\d{3}) \| *([^ |]+) \|[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)"
+)
+_ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
+
+# --- Go durations ---------------------------------------------------------------------------
+
+_UNIT_2: Final = {"ns": 1e-9, "µs": 1e-6, "μs": 1e-6, "us": 1e-6, "ms": 1e-3}
+_UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, **_UNIT_2}
+_DURATION_RE: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:h|ms|m|s|µs|μs|us|ns))+")
+_DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|µs|μs|us|ns)")
+_PLAIN_NUMBER_RE: Final = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Seconds from Go's ``time.Duration.String()`` form, or None if it is not one.
+
+    Covers what gin prints: ``0s``, ``41.983µs``, ``17.155908ms``, ``1.33s``, ``2m48s``,
+    ``1h2m3s`` (and ``μs`` with a Greek mu, ``us``, ``ns``).
+    """
+    # Fast path: one number and one unit, the form of nearly every request under a minute.
+    scale = _UNIT_2.get(text[-2:])
+    number = text[:-2] if scale is not None else text[:-1] if text[-1:] == "s" else None
+    if number is not None and _PLAIN_NUMBER_RE.fullmatch(number):
+        return float(number) * (1.0 if scale is None else scale)
+    if not _DURATION_RE.fullmatch(text):
+        return None
+    total = 0.0
+    for value, unit in _DURATION_PART_RE.findall(text):
+        total += float(value) * _UNITS[unit]
+    return total if math.isfinite(total) else None
+
+
+# --- slog -----------------------------------------------------------------------------------
+
+_LEVEL_MAP: Final = {
+    "TRACE": "trace",
+    "DEBUG": "debug",
+    "INFO": "info",
+    "WARN": "warn",
+    "WARNING": "warn",
+    "ERROR": "error",
+}
+
+# Substrings that mean memory ran out: llm/status.go's list (FACTS.md §2.5) plus the
+# scheduler's refusals for lack of system memory. Matched case-insensitively.
+_OOM_MARKERS: Final = (
+    "out of memory",
+    "out of device memory",
+    "out-of-memory",
+    "cudamalloc failed",
+    "hipmalloc failed",
+    "failed to allocate",
+    "allocation failed",
+    "not enough memory",
+    "insufficient memory",
+    "vk_error_out_of_device_memory",
+    "erroroutofmemory",
+    "requires more system memory",
+    "too large for system memory",
+)
+
+
+def _memory_or(kind: str, error: str) -> str:
+    low = error.lower()
+    if any(m in low for m in _OOM_MARKERS):
+        return "out_of_memory"
+    if "timed out waiting for" in low:
+        return "load_timeout"
+    return kind
+
+
+# msg -> how to classify it: a fixed kind, or "?<kind>": look at the error= attribute for
+# memory/timeout first, else <kind>. Only the server's own summary lines are counted (one per
+# failure): the runner's raw stderr lines around a crash are echoed into these anyway.
+_MSG_KINDS: Final[dict[str, str]] = {
+    # load of a model failed (same text in all eras; the error= attribute says why)
+    "error loading llama server": "?load_failed",
+    "Load failed": "?load_failed",
+    # the child process died
+    "llama runner terminated": "runner_terminated",
+    "llama-server terminated": "runner_terminated",
+    # failed while serving a request
+    "llama-server completion error": "completion_failed",
+    "llama-server chat error": "completion_failed",
+    "post predict": "completion_failed",
+    # memory (v0.30+ retries and runtime detection)
+    "runtime OOM detected; expiring loaded models to clear memory before next request": (
+        "out_of_memory"
+    ),
+    "llama-server load failed; reducing automatic context and retrying once": "out_of_memory",
+    "llama-server load failed; evicting all other models and retrying once": "out_of_memory",
+    # GPU state
+    "error looking up nvidia GPU memory": "gpu_error",
+    "gpu VRAM usage didn't recover within timeout": "gpu_error",
+}
+_RUNNER_START_MSGS: Final = frozenset(
+    {"starting llama-server", "starting llama server", "starting runner"}
+)
+_BLOB_RE: Final = re.compile(r"sha256[-:]([0-9a-f]{64})")
+
+# Before 0.7 (and in 2023's log.Printf era): "2023/12/24 23:48:35 llama.go:459: <text>".
+_STDLOG_RE: Final = re.compile(
+    r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [\w.-]+\.go:\d+: (?:(TRACE|DEBUG|INFO|WARN|ERROR) )?(.*)"
+)
+
+
+def _value(line: str, start: int) -> str:
+    """The slog value beginning at ``start``: bare up to a space, or Go-quoted."""
+    if line.startswith('"', start):
+        quote = '"'
+    elif line.startswith('\\"', start):  # the whole line was JSON-escaped by a wrapper
+        quote = '\\"'
+    else:
+        end = line.find(" ", start)
+        return line[start:] if end < 0 else line[start:end]
+    i = start + len(quote)
+    if quote == '"':
+        end = line.find('"', i)
+        # skip escaped quotes inside the value (rare: only when the text contains one)
+        while end > 0 and line[end - 1] == "\\":
+            end = line.find('"', end + 1)
+    else:
+        end = line.find('\\"', i)
+    # a pager or a wrapper may have cut the line inside the value: keep what is there
+    return line[i:] if end < 0 else line[i:end]
+
+
+def _attr(line: str, key: str, start: int) -> str:
+    at = line.find(" " + key + "=", start)
+    return "" if at < 0 else _value(line, at + len(key) + 2)
+
+
+def _message(level: str, msg: str, line: str, rest: int) -> Message:
+    """Classify one server message; ``rest`` is where its attributes begin in ``line``."""
+    rule = _MSG_KINDS.get(msg)
+    if rule is not None:
+        kind = _memory_or(rule[1:], _attr(line, "error", rest)) if rule[0] == "?" else rule
+        return Message(level, error_kind=kind)
+    if msg in _RUNNER_START_MSGS:
+        blob = _BLOB_RE.search(line, rest)
+        return Message(level, runner_blob=blob.group(1) if blob else None)
+    if msg == "loaded runners":
+        count = _attr(line, "count", rest)
+        return Message(level, loaded_runners=int(count) if count.isdigit() else None)
+    if msg == "server config" or msg.startswith("Listening on "):
+        return Message(level, server_start=True)
+    return Message(level)
+
+
+def _parse_slog(line: str, at: int) -> Message | Malformed:
+    end = line.find(" ", at)
+    word = line[at + 6 : end if end >= 0 else len(line)]
+    level = _LEVEL_MAP.get(word)
+    if level is None:
+        # custom slog levels print as "DEBUG-4", "INFO+2": count them under their base
+        base = word.split("-", 1)[0].split("+", 1)[0]
+        level = _LEVEL_MAP.get(base)
+        if level is None:
+            return Malformed("slog")
+    m = line.find(" msg=", at)
+    if m < 0:
+        return Message(level)
+    msg = _value(line, m + 5)
+    return _message(level, msg, line, m + 5 + len(msg))
+
+
+def _parse_stdlog(line: str) -> Message | None:
+    found = _STDLOG_RE.search(line)
+    if found is None:
+        return None
+    word, text = found.groups()
+    if text.startswith("error starting llama runner: "):
+        kind = _memory_or("load_failed", text)
+        return Message(_LEVEL_MAP[word] if word else "error", error_kind=kind)
+    level = _LEVEL_MAP[word] if word else "info"
+    if text.startswith("server config"):
+        return Message(level, server_start=True)
+    return Message(level)
+
+
+# --- llama-server timings -------------------------------------------------------------------
+
+_TIMING_RE: Final = re.compile(r"(prompt eval|eval|total) time = +(\d+(?:\.\d+)?) ms / +(\d+) tok")
+_PHASES: Final[dict[str, TimingPhase]] = {"prompt eval": "prompt", "eval": "eval", "total": "total"}
+
+
+# --- the entry point ------------------------------------------------------------------------
+
+
+def parse_line(line: str) -> Event | None:
+    """Parse one log line; None when it is nothing we count (most runner output)."""
+    at = line.find("[GIN] ")
+    if at >= 0:
+        if "\x1b" in line:
+            line = _ANSI_RE.sub("", line)
+            at = line.find("[GIN] ")
+        found = _GIN_RE.match(line, at + 6)
+        if found is None:
+            return Malformed("gin")
+        code, latency, method, path = found.groups()
+        seconds = parse_go_duration(latency)
+        if seconds is None:
+            return Malformed("gin")
+        return Request(method_label(method), route_label(path), int(code), seconds)
+    at = line.find("level=")
+    if at >= 0:
+        return _parse_slog(line, at)
+    if " time = " in line:
+        timing = _TIMING_RE.search(line)
+        if timing is not None:
+            phase, ms, tokens = timing.groups()
+            return Timing(_PHASES[phase], float(ms) / 1000.0, int(tokens))
+        return None
+    if ".go:" in line:
+        return _parse_stdlog(line)
+    return None
+
+
+__all__ = [
+    "LEVELS",
+    "RUNNER_ERROR_KINDS",
+    "Event",
+    "Malformed",
+    "Message",
+    "Request",
+    "Timing",
+    "parse_go_duration",
+    "parse_line",
+]
