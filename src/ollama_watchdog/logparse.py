@@ -91,9 +91,7 @@ Event = Request | Message | Timing | Malformed
 # method, then the Go-quoted path. The quote may itself be escaped (\") when a GUI wrapped the
 # line into JSON (real-logs.txt [19]). The path stops at a quote or backslash: Go escapes only
 # odd bytes, and whatever follows such a byte cannot change the route.
-_GIN_RE: Final = re.compile(
-    r"[^|]*\| (\d{3}) \| *([^ |]+) \|[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)"
-)
+_GIN_RE: Final = re.compile(r"[^|]*\| (\d{3}) \| *([^ |]+) \|[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 
 # --- Go durations ---------------------------------------------------------------------------
