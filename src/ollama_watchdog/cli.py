@@ -1,0 +1,145 @@
+"""Command line: ``ollama-watchdog run|check|doctor|models|simulate|demo``.
+
+Configuration problems exit with 78 (EX_CONFIG) and one line on stderr that names the key and the
+fix, before anything is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}; a missing file means defaults)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import check, doctor, simulator, store
+
+    parser = argparse.ArgumentParser(
+        prog="ollama-watchdog",
+        description="Prometheus exporter and restart watchdog for Ollama.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the daemon (exporter + watchdog)")
+    _add_config(run)
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide, log and count restarts but do not run the restart command",
+    )
+
+    p = sub.add_parser("check", help="one probe round now; Nagios exit codes 0/1/2/3")
+    _add_config(p)
+    check.add_arguments(p)
+
+    p = sub.add_parser("doctor", help="the troubleshooting checklist, each item with a fix")
+    _add_config(p)
+    doctor.add_arguments(p)
+
+    p = sub.add_parser("models", help="verify, back up or restore Ollama's model store")
+    _add_config(p)
+    store.add_arguments(p)
+
+    p = sub.add_parser("simulate", help="run the Ollama simulator (a test double of Ollama)")
+    simulator.add_arguments(p)
+
+    p = sub.add_parser("demo", help="simulator + daemon together; shows a restart on a hang")
+    p.add_argument(
+        "--listen", default="127.0.0.1:9778", help="exporter address (default %(default)s)"
+    )
+    p.add_argument(
+        "--ollama-listen",
+        default="127.0.0.1:11434",
+        help="simulator address (default %(default)s)",
+    )
+    p.add_argument(
+        "--control-listen",
+        default="127.0.0.1:11435",
+        help="simulator fault-control address (default %(default)s)",
+    )
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"ollama-watchdog: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    from .logging import configure_logging
+
+    config = _load(args)
+    configure_logging()
+    daemon = Daemon(config, args.config, dry_run=args.dry_run)
+    try:
+        daemon.prepare()
+    except ConfigError as exc:  # web_config problems surface when the exporter is built
+        print(f"ollama-watchdog: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"ollama-watchdog: cannot listen on {config.exporter.listen}: address already in "
+                "use; stop the other process or set [exporter] listen to a free port",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"ollama-watchdog: cannot listen on {config.exporter.listen}: {exc.strerror}",
+                file=sys.stderr,
+            )
+        return 1
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "simulate":
+        from . import simulator
+
+        return simulator.main(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
+    config = _load(args)
+    if args.command == "check":
+        from . import check
+
+        return check.main(args, config)
+    if args.command == "doctor":
+        from . import doctor
+
+        return doctor.main(args, config)
+    if args.command == "models":
+        from . import store
+
+        return store.main(args, config)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+__all__ = ["build_parser", "main"]
