@@ -218,9 +218,6 @@ def _path(raw: object) -> Path:
 
 def _command(raw: object) -> tuple[str, ...]:
     items: object = raw
-    if isinstance(raw, str):
-        text = raw.strip()
-        items = json.loads(text) if text.startswith("[") else shlex.split(text)
     if (
         not isinstance(items, list)
         or not items
@@ -348,7 +345,15 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             values[section][key] = _parse_value(section, key, raw, str(path))
 
     for section, key, raw, var in _env_overrides(environ):
-        values[section][key] = _parse_value(section, key, raw, f"environment {var}")
+        value: object = raw
+        if (section, key) == ("watchdog", "restart_command"):
+            # in the environment a command is a JSON list or a shell-quoted string
+            try:
+                text = raw.strip()
+                value = json.loads(text) if text.startswith("[") else shlex.split(text)
+            except ValueError:
+                value = raw
+        values[section][key] = _parse_value(section, key, value, f"environment {var}")
 
     config = Config(**{s: SECTIONS[s](**values[s]) for s in SECTIONS})
     _check_consistency(config, str(path))
