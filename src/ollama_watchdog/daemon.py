@@ -394,7 +394,23 @@ class Daemon:
 
 def default_extra_collectors(config: Config) -> list[Scheduled]:
     """Process, GPU, log and deep-probe collectors, as the config enables them."""
-    return []
+    from .collectors.logs import LogsCollector
+    from .collectors.process import ProcessCollector, SystemdMainPid
+
+    main_pid = SystemdMainPid(config.ollama.unit) if config.ollama.unit else None
+    process = ProcessCollector(config.ollama.models_dir, main_pid=main_pid)
+    items = [Scheduled(process, config.probe.interval, 10.0)]
+    if config.logs.source != "none":
+        logs = LogsCollector(
+            config.logs.source,  # type: ignore[arg-type]  # validated by config.py
+            path=config.logs.path,
+            state_dir=config.logs.state_dir,
+            models_dir=config.ollama.models_dir,
+            unit=config.ollama.unit,
+        )
+        # collect() only copies counters: cheap, so as often as the probes
+        items.append(Scheduled(logs, config.probe.interval, 5.0))
+    return items
 
 
 __all__ = ["CollectorRunner", "Daemon", "Scheduled", "default_extra_collectors"]
