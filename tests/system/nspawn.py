@@ -47,6 +47,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 SUITE = "bookworm"
 
@@ -523,14 +524,15 @@ class Container:
 
     def journal(
         self,
-        *,
+        *matches: str,
         unit: str | None = None,
         since_cursor: str | None = None,
         output: str = "short-precise",
     ) -> str:
         """The container's journal, read from the tree with the host's ``journalctl -D``.
 
-        Works after poweroff too, so failure reports still have it.
+        ``matches`` are journalctl field matches (``"UNIT=ollama.service"``). Works after
+        poweroff too, so failure reports still have it.
         """
         args = [
             "journalctl",
@@ -542,12 +544,32 @@ class Container:
             args.append(f"--unit={unit}")
         if since_cursor:
             args.append(f"--after-cursor={since_cursor}")
+        args.extend(matches)
         if self.booted:
-            # Make sure what was logged so far is on disk before reading the files.
+            # What was logged so far must be in the files before the host reads them.
             self.run(["journalctl", "--flush"], check=False, timeout=30)
             self.run(["journalctl", "--sync"], check=False, timeout=30)
         proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
         return proc.stdout + proc.stderr
+
+    def journal_entries(
+        self, *matches: str, unit: str | None = None, since_cursor: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Journal entries as journald's JSON objects (fields such as MESSAGE, UNIT)."""
+        text = self.journal(*matches, unit=unit, since_cursor=since_cursor, output="json")
+        entries: list[dict[str, Any]] = []
+        for line in text.splitlines():
+            if line.startswith("{"):
+                entries.append(json.loads(line))
+        return entries
+
+    def journal_cursor(self) -> str:
+        """Cursor of the newest entry now: pass it as ``since_cursor`` to see only what follows."""
+        entries = self.journal_entries()
+        if not entries:
+            raise HarnessError("the container's journal is empty")
+        cursor: str = entries[-1]["__CURSOR"]
+        return cursor
 
     def console_text(self) -> str:
         try:
