@@ -363,7 +363,7 @@ user_in_group() {
 }
 
 create_users() {
-    local group
+    local group sysusers
     if getent passwd ollama >/dev/null; then
         unchanged "user ollama exists"
     else
@@ -378,8 +378,17 @@ create_users() {
             change "add ollama to group $group" usermod -a -G "$group" ollama
         fi
     done
+    # The shipped sysusers.d file is the definition of our user; useradd only where systemd
+    # has no sysusers (the same user, group, home and shell).
+    sysusers=$BUNDLE/assets/systemd/sysusers.d/ollama-watchdog.conf
+    if [ -f "$sysusers" ]; then
+        put_file "$sysusers" /etc/sysusers.d/ollama-watchdog.conf || true
+    fi
     if getent passwd ollama-watchdog >/dev/null; then
         unchanged "user ollama-watchdog exists"
+    elif [ -f "$sysusers" ] && command -v systemd-sysusers >/dev/null; then
+        change "create system user ollama-watchdog (systemd-sysusers)" \
+            systemd-sysusers "$sysusers"
     else
         change "create system user ollama-watchdog" \
             useradd -r -s /usr/sbin/nologin -U -M -d "$WATCHDOG_STATE_DIR" ollama-watchdog
@@ -452,13 +461,12 @@ install_assets() {
             esac
         fi
     done
-    for f in "$assets"/systemd/ollama.service.d/*.conf; do
-        [ -f "$f" ] || continue
-        if put_conffile "$f" "$UNIT_DIR/ollama.service.d/$(basename "$f")"; then
-            UNITS_CHANGED=1
-            OLLAMA_CHANGED=1
-        fi
-    done
+    # Only the tuning drop-in: the others in that folder (file-logging.conf) are opt-in examples.
+    f=$assets/systemd/ollama.service.d/tuning.conf
+    if [ -f "$f" ] && put_conffile "$f" "$UNIT_DIR/ollama.service.d/tuning.conf"; then
+        UNITS_CHANGED=1
+        OLLAMA_CHANGED=1
+    fi
     for f in "$assets"/systemd/polkit/*.rules; do
         [ -f "$f" ] || continue
         put_file "$f" "$POLKIT_DIR/$(basename "$f")" || true
@@ -675,7 +683,8 @@ start_services() {
     local address version
     enable_services
     if [ "$NO_START" = 1 ]; then
-        log "skipped: starting services (--no-start)"
+        log "skipped: starting services (--no-start, or systemd not running)"
+        create_gguf_models
         return 0
     fi
     start_unit ollama.service "$OLLAMA_CHANGED"

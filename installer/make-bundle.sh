@@ -33,6 +33,9 @@ Python (the wheelhouse):
   --glibc X.Y                target glibc for manylinux wheels (default: 2.36, Debian 12)
   --source DIR               ollama-watchdog source tree (default: $REPO_DIR)
   --python PY                python used to run pip here (default: python3)
+  --wheelhouse DIR           take the wheels from DIR (made earlier, or from an internal
+                             index) instead of building and downloading them; it must hold an
+                             ollama_watchdog wheel and a pip wheel
 
 Models (optional, repeatable):
   --gguf NAME=FILE           a GGUF file to create as model NAME on the target
@@ -139,6 +142,7 @@ PY_VERSION=3.11
 GLIBC=2.36
 SOURCE=$REPO_DIR
 PYTHON=python3
+WHEELHOUSE=""
 GGUFS=()
 MODELFILES=()
 BACKUPS=()
@@ -163,6 +167,7 @@ while [ "$#" -gt 0 ]; do
         --glibc) need_arg "$@"; GLIBC=$2; shift 2 ;;
         --source) need_arg "$@"; SOURCE=$2; shift 2 ;;
         --python) need_arg "$@"; PYTHON=$2; shift 2 ;;
+        --wheelhouse) need_arg "$@"; WHEELHOUSE=$2; shift 2 ;;
         --gguf) need_arg "$@"; GGUFS+=("$2"); shift 2 ;;
         --modelfile) need_arg "$@"; MODELFILES+=("$2"); shift 2 ;;
         --models-backup) need_arg "$@"; BACKUPS+=("$2"); shift 2 ;;
@@ -214,6 +219,11 @@ for file in "${BACKUPS[@]+"${BACKUPS[@]}"}"; do
 done
 [ -z "$MODELS_FROM" ] || [ -d "$MODELS_FROM/manifests" ] \
     || die "--models-from $MODELS_FROM has no manifests/ directory (not an Ollama models store)"
+if [ -n "$WHEELHOUSE" ]; then
+    ls "$WHEELHOUSE"/ollama_watchdog-*.whl >/dev/null 2>&1 \
+        || die "--wheelhouse $WHEELHOUSE has no ollama_watchdog wheel"
+    ls "$WHEELHOUSE"/pip-*.whl >/dev/null 2>&1 || die "--wheelhouse $WHEELHOUSE has no pip wheel"
+fi
 [ -n "$OLLAMA_ARCHIVE" ] || command -v curl >/dev/null || die "curl is needed to download Ollama"
 
 mkdir -p "$OUTPUT"
@@ -275,33 +285,39 @@ fi
 # Pass 1 builds our wheel and wheels for every dependency with the local interpreter: this turns
 # sdist-only dependencies (pure Python) into wheels. Pass 2 resolves the same requirement for the
 # target interpreter and platform, binary-only, taking pass 1's wheels where they fit.
-pip_quiet=(--disable-pip-version-check --no-input --quiet)
-log "building the ollama-watchdog wheel and its dependencies"
-"$PYTHON" -m pip wheel "${pip_quiet[@]}" --timeout 60 --wheel-dir "$WORK/pool" "$SOURCE" \
-    || die "pip wheel failed for $SOURCE"
-our_wheel=$(find "$WORK/pool" -maxdepth 1 -name 'ollama_watchdog-*.whl' | head -n1)
-[ -n "$our_wheel" ] || die "pip did not produce an ollama_watchdog wheel"
-WATCHDOG_VERSION=$(basename "$our_wheel" | cut -d- -f2)
+if [ -n "$WHEELHOUSE" ]; then
+    cp "$WHEELHOUSE"/*.whl "$OUTPUT/wheelhouse/"
+    WATCHDOG_VERSION=$(find "$OUTPUT/wheelhouse" -name 'ollama_watchdog-*.whl' -printf '%f\n' \
+        | sort -V | tail -n1 | cut -d- -f2)
+else
+    pip_quiet=(--disable-pip-version-check --no-input --quiet)
+    log "building the ollama-watchdog wheel and its dependencies"
+    "$PYTHON" -m pip wheel "${pip_quiet[@]}" --timeout 60 --wheel-dir "$WORK/pool" "$SOURCE" \
+        || die "pip wheel failed for $SOURCE"
+    our_wheel=$(find "$WORK/pool" -maxdepth 1 -name 'ollama_watchdog-*.whl' | head -n1)
+    [ -n "$our_wheel" ] || die "pip did not produce an ollama_watchdog wheel"
+    WATCHDOG_VERSION=$(basename "$our_wheel" | cut -d- -f2)
 
-platforms=()
-minor=${GLIBC#2.}
-for ((m = minor; m >= 5; m--)); do
-    platforms+=(--platform "manylinux_2_${m}_${PIP_ARCH}")
-done
-# Wheels published with only the legacy tag names still fit (2014 = 2.17, 2010 = 2.12, 1 = 2.5).
-[ "$minor" -ge 17 ] && platforms+=(--platform "manylinux2014_${PIP_ARCH}")
-[ "$minor" -ge 12 ] && platforms+=(--platform "manylinux2010_${PIP_ARCH}")
-platforms+=(--platform "manylinux1_${PIP_ARCH}")
-log "resolving wheels for CPython $PY_VERSION, glibc $GLIBC, $PIP_ARCH"
-# pip itself travels along: install.sh runs it from its wheel, so the target needs no
-# python3-venv/ensurepip package.
-"$PYTHON" -m pip download "${pip_quiet[@]}" --timeout 60 --dest "$OUTPUT/wheelhouse" \
-    --only-binary=:all: "${platforms[@]}" --python-version "$PY_VERSION" --implementation cp \
-    --find-links "$WORK/pool" "ollama-watchdog==$WATCHDOG_VERSION" pip \
-    || die "pip download failed: some dependency has no wheel for CPython $PY_VERSION/$PIP_ARCH"
-# Take our own wheel from this build, never a same-version one from an index.
-rm -f "$OUTPUT"/wheelhouse/ollama_watchdog-*.whl
-cp "$our_wheel" "$OUTPUT/wheelhouse/"
+    platforms=()
+    minor=${GLIBC#2.}
+    for ((m = minor; m >= 5; m--)); do
+        platforms+=(--platform "manylinux_2_${m}_${PIP_ARCH}")
+    done
+    # Wheels published with only the legacy tag names still fit (2014 = 2.17, 2010 = 2.12, 1 = 2.5).
+    [ "$minor" -ge 17 ] && platforms+=(--platform "manylinux2014_${PIP_ARCH}")
+    [ "$minor" -ge 12 ] && platforms+=(--platform "manylinux2010_${PIP_ARCH}")
+    platforms+=(--platform "manylinux1_${PIP_ARCH}")
+    log "resolving wheels for CPython $PY_VERSION, glibc $GLIBC, $PIP_ARCH"
+    # pip itself travels along: install.sh runs it from its wheel, so the target needs no
+    # python3-venv/ensurepip package.
+    "$PYTHON" -m pip download "${pip_quiet[@]}" --timeout 60 --dest "$OUTPUT/wheelhouse" \
+        --only-binary=:all: "${platforms[@]}" --python-version "$PY_VERSION" --implementation cp \
+        --find-links "$WORK/pool" "ollama-watchdog==$WATCHDOG_VERSION" pip \
+        || die "pip download failed: some dependency has no wheel for CPython $PY_VERSION/$PIP_ARCH"
+    # Take our own wheel from this build, never a same-version one from an index.
+    rm -f "$OUTPUT"/wheelhouse/ollama_watchdog-*.whl
+    cp "$our_wheel" "$OUTPUT/wheelhouse/"
+fi
 log "wheelhouse: $(find "$OUTPUT/wheelhouse" -name '*.whl' | wc -l) wheels"
 
 # --- Assets ----------------------------------------------------------------------------------
