@@ -465,3 +465,36 @@ def test_systemd_mainpid_zero_failure_and_hang_give_none(tmp_path: Path) -> None
         assert broken() is None
         assert hung() is None
     assert [e["event"] for e in logs] == ["systemd_mainpid_unavailable"] * 2
+
+
+# ---------------------------------------------------------------- against the simulator
+
+
+def test_simulator_server_and_its_runner_are_found(tmp_path: Path, models_dir: Path) -> None:
+    """The team's simulator, run as ``ollama serve``, spawns a real runner child on a load."""
+    requests = pytest.importorskip("requests")
+    from support.sim import SimulatorProcess
+
+    with SimulatorProcess(tmp_path / "sim", as_ollama=True) as sim:
+        c = ProcessCollector(models_dir, main_pid=lambda: sim.pid)  # real /proc
+        c.collect()
+        snap = c.snapshot
+        assert snap is not None and snap.server is not None and snap.server.pid == sim.pid
+        assert not [r for r in snap.runners if r.ppid == sim.pid]
+
+        tags = requests.get(f"{sim.url}/api/tags", timeout=10).json()
+        # any model that generates (the fake store also holds an embedding model)
+        model = next(m["name"] for m in tags["models"] if "embed" not in m["name"])
+        reply = requests.post(
+            f"{sim.url}/api/generate",
+            json={"model": model, "prompt": "hi", "stream": False},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        c.collect()
+        snap = c.snapshot
+        assert snap is not None
+        mine = [r for r in snap.runners if r.ppid == sim.pid]
+        assert len(mine) == 1 and mine[0].pid in c.ollama_pids()
+        assert mine[0].pid not in snap.orphan_pids
+        assert mine[0].rss_bytes > 0
