@@ -1,0 +1,489 @@
+"""The logs collector: counters as a scrape sees them, model names, and the journald follower.
+
+The journald follower runs a real subprocess: a stand-in ``journalctl`` (written below) that
+prints recorded ``journalctl -o json`` records from a file, honours ``--after-cursor`` and
+``--lines=0`` like the real one, and keeps following the file until it is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from ollama_watchdog.collectors.logs import (
+    FileFollower,
+    JournalFollower,
+    LogCounters,
+    LogsCollector,
+    LogSourceError,
+    ModelNames,
+    decode_message,
+)
+
+
+class Adapter:
+    """Registers a collector's families into a registry without collecting on register."""
+
+    def __init__(self, families: Callable[[], Sequence[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Sequence[Metric]:
+        return self._families()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def registry_of(families: Callable[[], Sequence[Metric]]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(Adapter(families))
+    return registry
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait generously (shared, noisy machines); fail only if it never happens."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+GIN = '[GIN] 2026/01/20 - 23:15:46 | {code} | {lat:>13} |       127.0.0.1 | {m:<7}  "{path}"'
+
+
+def gin(code: int, lat: str, method: str, path: str) -> str:
+    return GIN.format(code=code, lat=lat, m=method, path=path)
+
+
+# --- counters -------------------------------------------------------------------------------
+
+
+def test_requests_histogram_levels_errors_and_line_counts() -> None:
+    counters = LogCounters()
+    reg = registry_of(counters.families)
+    counters.feed(
+        [
+            gin(200, "41.983µs", "HEAD", "/"),
+            gin(200, "1.33s", "POST", "/api/chat"),
+            gin(500, "2m48s", "POST", "/api/chat"),
+            gin(404, "1ms", "GET", "/wp-admin/setup.php?step=1"),
+            'time=2025-03-12T12:14:22.015Z level=ERROR source=sched.go:456 msg="error loading'
+            ' llama server" error="llama runner process has terminated: signal: killed"',
+            "time=2025-03-12T12:14:22.015Z level=WARN source=x.go:1 msg=hello",
+            "llm_load_print_meta: max token length = 256",  # runner noise: read, not counted
+            "[GIN] 2026/01/20 - 23:15:46 | what is this",  # a gin marker that does not parse
+        ]
+    )
+    v = reg.get_sample_value
+    assert v("ollama_http_requests_total", {"method": "HEAD", "route": "/", "code": "200"}) == 1
+    chat = {"method": "POST", "route": "/api/chat"}
+    assert v("ollama_http_requests_total", {**chat, "code": "200"}) == 1
+    assert v("ollama_http_requests_total", {**chat, "code": "500"}) == 1
+    assert v("ollama_http_requests_total", {"method": "GET", "route": "other", "code": "404"}) == 1
+    assert v("ollama_http_request_duration_seconds_count", chat) == 2
+    assert v("ollama_http_request_duration_seconds_sum", chat) == pytest.approx(169.33)
+    assert v("ollama_http_request_duration_seconds_bucket", {**chat, "le": "1.0"}) == 0
+    assert v("ollama_http_request_duration_seconds_bucket", {**chat, "le": "2.5"}) == 1
+    assert v("ollama_http_request_duration_seconds_bucket", {**chat, "le": "120.0"}) == 1
+    assert v("ollama_http_request_duration_seconds_bucket", {**chat, "le": "300.0"}) == 2
+    assert v("ollama_http_request_duration_seconds_bucket", {**chat, "le": "+Inf"}) == 2
+    assert v("ollama_log_messages_total", {"level": "error"}) == 1
+    assert v("ollama_log_messages_total", {"level": "warn"}) == 1
+    assert v("ollama_log_messages_total", {"level": "debug"}) == 0  # present before it happens
+    assert v("ollama_runner_errors_total", {"kind": "load_failed"}) == 1
+    assert v("ollama_runner_errors_total", {"kind": "out_of_memory"}) == 0
+    assert v("ollama_watchdog_log_lines_total") == 8
+    assert v("ollama_watchdog_log_lines_unparsed_total") == 1
+
+
+def test_no_message_text_reaches_a_label() -> None:
+    counters = LogCounters()
+    counters.feed(
+        [
+            gin(200, "1s", "POST", "/api/generate?prompt=SECRET"),
+            'time=2026-01-01T00:00:00.000Z level=ERROR source=x.go:1 msg="SECRET" error="SECRET"',
+            "prompt eval time =      10.00 ms /     5 tokens (SECRET)",
+        ]
+    )
+    text = "\n".join(str(s) for f in counters.families() for s in f.samples)
+    assert "SECRET" not in text
+
+
+BLOB_A, BLOB_B = "a" * 64, "b" * 64
+
+
+def write_manifest(models: Path, host: str, ns: str, model: str, tag: str, blob: str) -> None:
+    path = models / "manifests" / host / ns / model / tag
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": "sha256:" + "c" * 64,
+            "size": 483,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:" + blob,
+             "size": 1678447520},
+            {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "d" * 64,
+             "size": 136},
+        ],
+    }  # fmt: skip
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+def start_line(blob: str) -> str:
+    return (
+        "time=2026-08-15T15:45:11.755+12:00 level=INFO source=llama_server.go:433"
+        ' msg="starting llama-server" cmd="/usr/local/lib/ollama/llama-server --model'
+        f' /usr/share/ollama/.ollama/models/blobs/sha256-{blob} --port 40001"'
+    )
+
+
+def loaded(n: int) -> str:
+    return f'time=2026-08-15T15:45:12.000+12:00 level=INFO source=sched.go:1 msg="loaded runners" count={n}'  # noqa: E501
+
+
+def timing(prompt_ms: float, prompt_n: int, eval_ms: float, eval_n: int) -> list[str]:
+    p = "slot print_timing: id  0 | task 1 | "
+    return [
+        f"{p}prompt eval time = {prompt_ms:10.2f} ms / {prompt_n:5d} tokens (1 ms per token)",
+        f"{p}       eval time = {eval_ms:10.2f} ms / {eval_n:5d} tokens (1 ms per token)",
+        f"{p}      total time = {prompt_ms + eval_ms:10.2f} ms / {prompt_n + eval_n:5d} tokens",
+    ]
+
+
+def test_tokens_go_to_the_model_of_the_last_runner(tmp_path: Path) -> None:
+    write_manifest(tmp_path, "registry.ollama.ai", "library", "llama3.2", "latest", BLOB_A)
+    write_manifest(tmp_path, "hf.co", "someone", "qwen-gguf", "Q4_K_M", BLOB_B)
+    counters = LogCounters(ModelNames(tmp_path))
+    reg = registry_of(counters.families)
+    counters.feed([start_line(BLOB_A), loaded(1), *timing(751.87, 25, 5729.20, 96)])
+    counters.feed(timing(100.0, 10, 1000.0, 20))
+    llama = {"model": "llama3.2:latest"}
+    assert reg.get_sample_value("ollama_log_prompt_tokens_total", llama) == 35
+    assert reg.get_sample_value("ollama_log_generated_tokens_total", llama) == 116
+    assert reg.get_sample_value("ollama_log_prompt_eval_seconds_total", llama) == pytest.approx(
+        0.85187
+    )
+    assert reg.get_sample_value("ollama_log_generation_seconds_total", llama) == pytest.approx(
+        6.7292
+    )
+    assert reg.get_sample_value("ollama_log_timed_completions_total", llama) == 2
+
+    # a second runner while the first is live: the owner of a timing line is unknowable
+    counters.feed([start_line(BLOB_B), loaded(2), *timing(1.0, 1, 1.0, 1)])
+    assert reg.get_sample_value("ollama_log_timed_completions_total", {"model": "unknown"}) == 1
+    # the server restarted, then loaded the hf.co model alone
+    counters.feed(
+        [
+            'time=2026-08-15T16:00:00.000+12:00 level=INFO source=routes.go:1 msg="server config"'
+            ' env="map[]"',
+            start_line(BLOB_B),
+            loaded(1),
+            *timing(1.0, 3, 1.0, 4),
+        ]
+    )
+    hf = {"model": "hf.co/someone/qwen-gguf:Q4_K_M"}
+    assert reg.get_sample_value("ollama_log_generated_tokens_total", hf) == 4
+    assert reg.get_sample_value("ollama_log_timed_completions_total", llama) == 2
+
+
+def test_a_blob_no_manifest_names_is_unknown(tmp_path: Path) -> None:
+    counters = LogCounters(ModelNames(tmp_path))
+    counters.feed([start_line(BLOB_A), loaded(1), *timing(1.0, 2, 3.0, 4)])
+    reg = registry_of(counters.families)
+    assert reg.get_sample_value("ollama_log_generated_tokens_total", {"model": "unknown"}) == 4
+
+
+def test_model_label_set_is_capped(tmp_path: Path) -> None:
+    lines = []
+    for i in range(100):
+        blob = f"{i:064x}"
+        write_manifest(tmp_path, "registry.ollama.ai", "library", f"m{i}", "latest", blob)
+        lines += [start_line(blob), loaded(1), *timing(1.0, 1, 1.0, 1)]
+    counters = LogCounters(ModelNames(tmp_path))
+    counters.feed(lines)
+    family = next(f for f in counters.families() if f.name == "ollama_log_timed_completions")
+    assert len(family.samples) == 65  # 64 names + unknown
+    assert sum(s.value for s in family.samples) == 100
+
+
+# --- journald -------------------------------------------------------------------------------
+
+# A stand-in for journalctl: prints records of a JSONL file the way `journalctl -o json
+# --follow` does, then follows the file. Logs its argv (once positioned in the journal) so
+# tests can see how it was called.
+FAKE_JOURNALCTL = r"""
+import json, os, sys, time
+records_path, argv_log = os.environ["FAKE_JOURNAL"], os.environ["FAKE_ARGV_LOG"]
+if os.environ.get("FAKE_FAIL"):
+    sys.stderr.write("Failed to open journal: No such file or directory\n")
+    sys.exit(1)
+args = sys.argv[1:]
+after = next((a.split("=", 1)[1] for a in args if a.startswith("--after-cursor=")), None)
+def read():
+    with open(records_path) as f:
+        return [line for line in f if line.strip()]
+records = read()
+if after is not None:
+    cursors = [json.loads(r)["__CURSOR"] for r in records]
+    if after not in cursors:
+        sys.stderr.write("Failed to seek to cursor: Invalid argument\n")
+        sys.exit(1)
+    pos = cursors.index(after) + 1
+elif "--lines=0" in args:
+    pos = len(records)
+else:
+    pos = 0
+# logged once positioned, so a test that saw this call may append "new" lines safely
+with open(argv_log, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\n")
+while True:
+    records = read()
+    for r in records[pos:]:
+        sys.stdout.write(r if r.endswith("\n") else r + "\n")
+    sys.stdout.flush()
+    pos = len(records)
+    time.sleep(0.05)
+"""
+
+
+class FakeJournal:
+    def __init__(self, tmp: Path) -> None:
+        self.records = tmp / "journal.jsonl"
+        self.records.touch()
+        self.argv_log = tmp / "argv.jsonl"
+        script = tmp / "journalctl.py"
+        script.write_text(FAKE_JOURNALCTL, encoding="utf-8")
+        self.command = (sys.executable, str(script))
+        self.seq = 0
+        os.environ["FAKE_JOURNAL"] = str(self.records)
+        os.environ["FAKE_ARGV_LOG"] = str(self.argv_log)
+
+    def append(self, *messages: str | list[int]) -> None:
+        with self.records.open("a", encoding="utf-8") as f:
+            for message in messages:
+                self.seq += 1
+                # the fields journalctl -o json prints for a line of a service's stdout
+                record = {
+                    "__CURSOR": f"s=4f2b8e0c1d7a4b5e9f3c2a1b0d9e8f7a;i={self.seq:x};"
+                    f"b=0a1b2c3d4e5f60718293a4b5c6d7e8f9;m={self.seq * 1000:x};"
+                    f"t=62a1{self.seq:08x};x={self.seq:016x}",
+                    "__REALTIME_TIMESTAMP": str(1768947346000000 + self.seq),
+                    "__MONOTONIC_TIMESTAMP": str(5000000 + self.seq),
+                    "_BOOT_ID": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                    "PRIORITY": "6",
+                    "SYSLOG_FACILITY": "3",
+                    "SYSLOG_IDENTIFIER": "ollama",
+                    "_PID": "1232",
+                    "_UID": "998",
+                    "_GID": "998",
+                    "_COMM": "ollama",
+                    "_EXE": "/usr/local/bin/ollama",
+                    "_CMDLINE": "/usr/local/bin/ollama serve",
+                    "_TRANSPORT": "stdout",
+                    "_STREAM_ID": "d4b1f2a9c3e84f7e8b6a5c4d3e2f1a0b",
+                    "_SYSTEMD_UNIT": "ollama.service",
+                    "_HOSTNAME": "jarvis-server",
+                    "MESSAGE": message,
+                }
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def calls(self) -> list[list[str]]:
+        if not self.argv_log.exists():
+            return []
+        return [json.loads(x) for x in self.argv_log.read_text().splitlines()]
+
+    def last_cursor(self) -> str:
+        last = self.records.read_text(encoding="utf-8").splitlines()[-1]
+        cursor: str = json.loads(last)["__CURSOR"]
+        return cursor
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[FakeJournal]:
+    saved = {k: os.environ.get(k) for k in ("FAKE_JOURNAL", "FAKE_ARGV_LOG", "FAKE_FAIL")}
+    yield FakeJournal(tmp_path)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def requests_total(collector: LogsCollector) -> float:
+    reg = registry_of(collector.counters.families)
+    return sum(
+        s.value
+        for m in reg.collect()
+        if m.name == "ollama_http_requests"
+        for s in m.samples
+        if s.name == "ollama_http_requests_total"
+    )
+
+
+def journald(journal: FakeJournal, state: Path, **kw: float) -> LogsCollector:
+    return LogsCollector(
+        "journald", state_dir=state, journalctl=journal.command, unit="ollama.service",
+        backoff_initial=kw.get("backoff", 0.05), backoff_max=0.2,
+    )  # fmt: skip
+
+
+def test_journald_first_start_restart_and_cursor(journal: FakeJournal, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    journal.append(*[gin(200, "1ms", "GET", "/api/tags")] * 5)  # history before the first start
+
+    collector = journald(journal, state)
+    collector.start()
+    try:
+        wait_until(lambda: len(journal.calls()) == 1, "journalctl to start")
+        assert "--lines=0" in journal.calls()[0]  # first start: from the end
+        assert "--unit=ollama.service" in journal.calls()[0]
+        assert "--output=json" in journal.calls()[0]
+        journal.append(*[gin(200, "2ms", "POST", "/api/chat")] * 3)
+        wait_until(lambda: requests_total(collector) == 3, "three new lines counted")
+        assert collector.collect()  # healthy: no exception
+    finally:
+        collector.stop()
+    cursor_file = state / "journal-cursor-ollama.service"
+    assert cursor_file.read_text().strip() == journal.last_cursor()
+
+    # lines written while the watchdog was down are counted once by the next process
+    journal.append(*[gin(500, "3ms", "POST", "/api/chat")] * 4)
+    again = journald(journal, state)
+    again.start()
+    try:
+        wait_until(lambda: requests_total(again) == 4, "the four lines written while down")
+        assert journal.calls()[-1][-2:] == [f"--after-cursor={cursor_file.read_text().strip()}",
+                                            "--no-tail"]  # fmt: skip
+        time.sleep(0.3)  # the stand-in polls every 50 ms: give a recount a chance to show
+        assert requests_total(again) == 4
+    finally:
+        again.stop()
+    assert cursor_file.read_text().strip() == journal.last_cursor()
+
+
+def test_journald_message_as_byte_array(journal: FakeJournal, tmp_path: Path) -> None:
+    coloured = (
+        "[GIN] 2026/01/20 - 23:15:46 |\x1b[97;42m 200 \x1b[0m|     971.777µs |"
+        '       127.0.0.1 |\x1b[97;45m HEAD    \x1b[0m "/"'
+    )
+    raw = [*coloured.encode("utf-8"), 0xFF]  # journald sends bytes when not valid UTF-8
+    collector = journald(journal, tmp_path / "state")
+    collector.start()
+    try:
+        wait_until(lambda: len(journal.calls()) == 1, "journalctl to start")
+        journal.append(raw)
+        wait_until(lambda: requests_total(collector) == 1, "the byte-array line")
+        reg = registry_of(collector.collect)
+        labels = {"method": "HEAD", "route": "/", "code": "200"}
+        assert reg.get_sample_value("ollama_http_requests_total", labels) == 1
+    finally:
+        collector.stop()
+
+
+def test_decode_message_forms() -> None:
+    assert decode_message("plain") == "plain"
+    assert decode_message([104, 105]) == "hi"
+    assert decode_message(None) is None  # journald nulls huge fields without --all
+    assert decode_message([300]) is None
+
+
+def test_journald_failure_is_reported_and_retried(journal: FakeJournal, tmp_path: Path) -> None:
+    os.environ["FAKE_FAIL"] = "1"
+    collector = journald(journal, tmp_path / "state")
+    collector.start()
+    try:
+        assert collector.follower is not None
+        follower = collector.follower
+        wait_until(lambda: follower.restarts >= 3, "restarts with backoff")
+        with pytest.raises(LogSourceError, match="journalctl exited with 1"):
+            collector.collect()
+        assert journal.calls() == []
+        del os.environ["FAKE_FAIL"]
+        wait_until(lambda: len(journal.calls()) == 1, "a journalctl that runs")
+        journal.append(gin(200, "1ms", "GET", "/"))
+        wait_until(lambda: requests_total(collector) == 1, "counting after recovery")
+        assert collector.collect()
+    finally:
+        collector.stop()
+
+
+def test_journald_unknown_cursor_starts_at_the_end(journal: FakeJournal, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "journal-cursor-ollama.service").write_text("s=gone;i=1\n")
+    journal.append(gin(200, "1ms", "GET", "/"))  # history: must not be counted
+    collector = journald(journal, state)
+    collector.start()
+    try:
+        wait_until(lambda: any("--lines=0" in c for c in journal.calls()), "a fresh start")
+        journal.append(gin(200, "1ms", "GET", "/api/ps"))
+        wait_until(lambda: requests_total(collector) >= 1, "the new line")
+        time.sleep(0.3)
+        assert requests_total(collector) == 1
+    finally:
+        collector.stop()
+
+
+def test_journal_follower_builds_container_commands(tmp_path: Path) -> None:
+    follower = JournalFollower(
+        lambda lines: None,
+        tmp_path / "c",
+        unit="ollama@1.service",
+        command=("nsenter", "-t", "42", "-m", "journalctl", "-D", "/var/log/journal"),
+    )
+    assert follower.argv()[:7] == ["nsenter", "-t", "42", "-m", "journalctl", "-D",
+                                   "/var/log/journal"]  # fmt: skip
+    assert "--unit=ollama@1.service" in follower.argv()
+
+
+# --- file -----------------------------------------------------------------------------------
+
+
+def test_file_missing_at_start_is_waited_for_and_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "ollama.log"
+    collector = LogsCollector("file", str(path), poll_interval=0.02)
+    collector.start()
+    try:
+        follower = collector.follower
+        assert follower is not None
+        wait_until(lambda: "waiting" in (follower.problem or ""), "the waiting state")
+        with pytest.raises(LogSourceError, match="waiting for"):
+            collector.collect()
+        path.write_text(gin(200, "1ms", "GET", "/") + "\n" + gin(200, "1ms", "GET", "/") + "\n")
+        wait_until(lambda: requests_total(collector) == 2, "both lines of the new file")
+        assert collector.collect()
+    finally:
+        collector.stop()
+
+
+def test_file_existing_history_is_not_counted(tmp_path: Path) -> None:
+    path = tmp_path / "ollama.log"
+    path.write_text(gin(200, "1ms", "GET", "/") + "\n")
+    seen: list[str] = []
+    follower = FileFollower(path, seen.extend, poll_interval=0.02)
+    follower.start()
+    try:
+        wait_until(lambda: follower.problem is None, "the file opened")
+        with path.open("a") as f:
+            f.write(gin(200, "1ms", "GET", "/api/ps") + "\n" + "half a li")
+        wait_until(lambda: len(seen) == 1, "the appended line")
+        assert "/api/ps" in seen[0]
+        with path.open("a") as f:
+            f.write("ne\n")
+        wait_until(lambda: len(seen) == 2, "the completed line")
+        assert seen[1] == "half a line"
+    finally:
+        follower.stop()
