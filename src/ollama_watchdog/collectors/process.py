@@ -341,19 +341,27 @@ class ProcessCollector:
 
     def _scan_cmdlines(self) -> Iterable[_Candidate]:
         # One read of /proc/PID/cmdline per process, with a substring test before any
-        # decoding: this loop is most of a round's cost on a busy host.
+        # decoding: this loop is most of a round's cost on a busy host, so it uses raw
+        # os.open/os.read (half the CPU of open()) and reads at most 64 KiB: the words the
+        # rule looks at come first.
+        procfs = str(self._procfs)
         try:
-            entries = os.listdir(self._procfs)
+            entries = os.listdir(procfs)
         except OSError as exc:
-            raise RuntimeError(f"cannot list {self._procfs}: {exc}") from exc
+            raise RuntimeError(f"cannot list {procfs}: {exc}") from exc
         for entry in entries:
             if not entry.isdigit():
                 continue
             try:
-                with open(f"{self._procfs}/{entry}/cmdline", "rb") as fh:
-                    raw = fh.read()
-            except OSError:  # gone, or a kernel thread we may not read
+                fd = os.open(f"{procfs}/{entry}/cmdline", os.O_RDONLY)
+            except OSError:  # gone since the listing
                 continue
+            try:
+                raw = os.read(fd, 65536)
+            except OSError:  # exited mid-read
+                continue
+            finally:
+                os.close(fd)
             if b"ollama" not in raw and b"llama-server" not in raw:
                 continue
             argv = raw.rstrip(b"\0").decode("utf-8", "replace").split("\0")
