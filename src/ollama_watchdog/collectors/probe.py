@@ -1,0 +1,188 @@
+"""The deep probe: one tiny ``/api/generate`` with ``[probe] deep_model``.
+
+``/api/version`` answers while the runner side is broken (a crashed llama-server, a GPU that
+fell off the bus, a load that never finishes), so liveness alone misses the outages users feel.
+The deep probe asks the model for a few tokens and exports what a user would experience: time
+to first token, generation speed, and how long the model took to load.
+
+The prompt is fixed and never logged, nor is the answer: the only text that leaves this module
+is Ollama's own error message (bounded by ``OllamaClient``).
+
+``keep_alive``: every request resets the model's expiry to the request's keep_alive. A probe
+that loads a cold model uses a short one, so probing never pins memory; if the model is already
+loaded, the probe passes the time that model had left, so it neither evicts a model early nor
+keeps it longer than the users' own requests asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from ollama_watchdog.ollama_api import (
+    PROBE_REASONS,
+    GenerateResult,
+    OllamaClient,
+    ProbeError,
+    ProbeReason,
+)
+
+#: the fixed prompt: short, deterministic at temperature 0, nothing anyone would log
+PROMPT = "Reply with the single word: ok"
+#: tokens to generate: enough to measure a rate, few enough to cost nothing
+NUM_PREDICT = 8
+#: keep_alive when the model was not loaded before the probe
+COLD_KEEP_ALIVE = "30s"
+#: expires_at beyond this many seconds from now means "forever" (Ollama shows year 2318)
+_FOREVER = 10 * 365 * 86400.0
+
+PROBE = "generate"
+
+
+@dataclass(frozen=True, slots=True)
+class DeepProbeResult:
+    """The outcome of the last deep probe, for the watchdog policy and ``check``."""
+
+    ok: bool
+    #: ProbeError reason when not ok (timeout | refused | http_error | bad_response)
+    reason: ProbeReason | None
+    #: short error text (Ollama's own message), empty when ok
+    error: str
+    seconds: float
+    #: wall-clock time of the end of the probe (unix seconds)
+    at: float
+    result: GenerateResult | None = None
+
+
+def keep_alive_for(client: OllamaClient, model: str, now: Callable[[], float] = time.time) -> str:
+    """keep_alive that leaves the model's residency as it was (see the module docstring)."""
+    try:
+        loaded = client.ps()
+    except ProbeError:
+        return COLD_KEEP_ALIVE
+    wanted = {model, model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"}
+    for entry in loaded:
+        if entry.name in wanted or entry.name.removesuffix(":latest") in wanted:
+            if entry.expires_at is None:
+                return COLD_KEEP_ALIVE
+            left = entry.expires_at - now()
+            if left > _FOREVER:
+                return "-1m"  # negative = forever, as the users set it
+            return f"{max(math.ceil(left), 1)}s"
+    return COLD_KEEP_ALIVE
+
+
+def run_deep_probe(client: OllamaClient, model: str, timeout: float) -> DeepProbeResult:
+    """One deep probe; never raises for Ollama's failures (they are the result)."""
+    start = time.monotonic()
+    keep_alive = keep_alive_for(client, model)
+    try:
+        result = client.generate(
+            model, PROMPT, num_predict=NUM_PREDICT, keep_alive=keep_alive, timeout=timeout
+        )
+    except ProbeError as exc:
+        return DeepProbeResult(False, exc.reason, exc.detail, time.monotonic() - start, time.time())
+    return DeepProbeResult(True, None, "", time.monotonic() - start, time.time(), result)
+
+
+class DeepProbeCollector:
+    """Collector ``probe``: runs one deep probe per ``collect()`` on the scheduler's thread."""
+
+    name = "probe"
+
+    def __init__(
+        self,
+        client: OllamaClient,
+        model: str,
+        timeout: float,
+        on_result: Callable[[DeepProbeResult], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._timeout = timeout
+        self._on_result = on_result
+        self._failures = dict.fromkeys(PROBE_REASONS, 0)
+        self._last: DeepProbeResult | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def last_result(self) -> DeepProbeResult | None:
+        with self._lock:
+            return self._last
+
+    def collect(self) -> Sequence[Metric]:
+        outcome = run_deep_probe(self._client, self._model, self._timeout)
+        with self._lock:
+            self._last = outcome
+            if outcome.reason is not None:
+                self._failures[outcome.reason] += 1
+            failures = dict(self._failures)
+        if self._on_result is not None:
+            self._on_result(outcome)
+        return families(outcome, failures)
+
+
+def families(outcome: DeepProbeResult, failures: dict[ProbeReason, int]) -> list[Metric]:
+    """The probe's metric families from its last outcome and cumulative failure counts."""
+    success = GaugeMetricFamily(
+        "ollama_probe_success", "1 if the last probe succeeded.", labels=["probe"]
+    )
+    success.add_metric([PROBE], 1.0 if outcome.ok else 0.0)
+    duration = GaugeMetricFamily(
+        "ollama_probe_duration_seconds",
+        "How long the last probe took, failed ones included.",
+        labels=["probe"],
+    )
+    duration.add_metric([PROBE], outcome.seconds)
+    failed = CounterMetricFamily(
+        "ollama_probe_failures",
+        "Failed probes by reason (timeout, refused, http_error, bad_response).",
+        labels=["probe", "reason"],
+    )
+    for reason in PROBE_REASONS:
+        failed.add_metric([PROBE, reason], float(failures[reason]))
+    fams: list[Metric] = [success, duration, failed]
+    result = outcome.result
+    if result is None:
+        # no figures from a failed probe: an old value would look like a live measurement
+        return fams
+    if result.ttft_seconds is not None:
+        ttft = GaugeMetricFamily(
+            "ollama_probe_generate_ttft_seconds",
+            "Time to the first token of the last deep probe (includes any model load).",
+        )
+        ttft.add_metric([], result.ttft_seconds)
+        fams.append(ttft)
+    tps = result.tokens_per_second
+    if tps is not None:
+        rate = GaugeMetricFamily(
+            "ollama_probe_generate_tokens_per_second",
+            "Generation speed of the last deep probe (eval_count / eval_duration).",
+        )
+        rate.add_metric([], tps)
+        fams.append(rate)
+    load = GaugeMetricFamily(
+        "ollama_probe_generate_load_duration_seconds",
+        "load_duration of the last deep probe (queueing plus loading; small when loaded).",
+    )
+    load.add_metric([], result.load_duration_s)
+    fams.append(load)
+    return fams
+
+
+__all__ = [
+    "COLD_KEEP_ALIVE",
+    "NUM_PREDICT",
+    "PROMPT",
+    "DeepProbeCollector",
+    "DeepProbeResult",
+    "families",
+    "keep_alive_for",
+    "run_deep_probe",
+]
