@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -192,8 +193,12 @@ class Scheduler:
         if self._era == ERA_LLAMA_SERVER:
             self._sink.slog("INFO", SRC_LOADING, "loading model via llama-server", ("model", blob))
         if not runner.wait_ready(_READY_TIMEOUT):
+            # Its stderr first (the real llama.cpp lines), then reap it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                runner.process.wait(5.0)  # stdout hit EOF: it is exiting
+            output = runner.stderr_text() if runner.process.poll() is not None else ""
             runner.stop()
-            self._sink.raw(runner.stderr_text())
+            self._sink.raw(output)
             code = runner.process.returncode
             status = exit_description(code if code is not None else -9)
             what = "llama-server" if self._era == ERA_LLAMA_SERVER else "llama runner"
