@@ -1,0 +1,113 @@
+"""Structure of grafana/dashboards/*.json and grafana/provisioning/: what Grafana needs to load
+them and what makes them usable (unique ids, no overlapping panels, the datasource and instance
+variables wired into every query). Whether the queries run is test_grafana_dashboards.py's job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+GRID_WIDTH = 24
+
+
+def load(path: Path) -> dict[str, Any]:
+    board: dict[str, Any] = json.loads(path.read_text())
+    return board
+
+
+def all_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = []
+    for panel in board["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))  # collapsed rows keep their panels inside
+    return panels
+
+
+def test_there_are_an_overview_and_a_host_dashboard() -> None:
+    assert {load(p)["uid"] for p in DASHBOARDS} == {"ollama-overview", "ollama-host"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_header(path: Path) -> None:
+    board = load(path)
+    assert isinstance(board["schemaVersion"], int) and board["schemaVersion"] >= 36
+    assert board["title"] and board["uid"] and len(board["uid"]) <= 40
+    assert "id" not in board or board["id"] is None, "provisioned dashboards must not pin an id"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_panel_ids_are_unique(path: Path) -> None:
+    ids = [panel["id"] for panel in all_panels(load(path))]
+    assert len(ids) == len(set(ids)), ids
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_panels_fit_the_grid_without_overlapping(path: Path) -> None:
+    boxes = []
+    for panel in load(path)["panels"]:
+        g = panel["gridPos"]
+        assert g["w"] > 0 and g["h"] > 0 and g["x"] >= 0 and g["y"] >= 0, panel["title"]
+        assert g["x"] + g["w"] <= GRID_WIDTH, f"{panel['title']} sticks out of the grid"
+        boxes.append((panel["title"], g["x"], g["y"], g["x"] + g["w"], g["y"] + g["h"]))
+    for a, b in itertools.combinations(boxes, 2):
+        overlap = a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]
+        assert not overlap, f"panels {a[0]!r} and {b[0]!r} overlap"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_variables_and_queries_are_wired(path: Path) -> None:
+    board = load(path)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["type"] == "query"
+    for panel in all_panels(board):
+        if panel["type"] == "row":
+            continue
+        assert panel["title"], panel["id"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        targets = panel["targets"]
+        assert targets, f"{panel['title']} has no query"
+        assert len({t["refId"] for t in targets}) == len(targets), panel["title"]
+        for target in targets:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            # Every query follows the instance picker, so the host dashboard shows one host.
+            assert '$instance"' in target["expr"], f"{panel['title']}: {target['expr']}"
+
+
+def test_overview_has_what_on_call_needs() -> None:
+    board = load(REPO / "grafana" / "dashboards" / "ollama-overview.json")
+    exprs = " ".join(t["expr"] for p in all_panels(board) for t in p.get("targets", []))
+    for needed in (
+        "ollama_up", "ollama_http_requests_total", "ollama:http_request_duration_seconds:p95",
+        "ollama_model_memory_bytes", "ollama_gpu_utilization_ratio", "ollama_gpu_memory_used_bytes",
+        "ollama_gpu_temperature_celsius", "ollama_host_memory_available_bytes",
+        "ollama_runner_errors_total", "ollama_log_generated_tokens_total",
+        "ollama_log_generation_seconds_total",
+    ):  # fmt: skip
+        assert needed in exprs, needed
+    restart_annotations = [
+        a
+        for a in board["annotations"]["list"]
+        if "ollama_watchdog_restarts_total" in a.get("expr", "")
+    ]
+    assert restart_annotations, "restarts must show as annotations"
+
+
+def test_provisioning_files_point_at_the_dashboards() -> None:
+    prov = REPO / "grafana" / "provisioning"
+    dashboards = yaml.safe_load((prov / "dashboards" / "ollama.yaml").read_text())
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    datasources = yaml.safe_load((prov / "datasources" / "ollama-prometheus.yaml").read_text())
+    assert datasources["apiVersion"] == 1
+    assert [d["type"] for d in datasources["datasources"]] == ["prometheus"]
