@@ -1,0 +1,350 @@
+"""``ollama-watchdog doctor``: each rule on plain data, then the whole checklist on a live setup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from support.daemon import write_config
+from support.sim import SimulatorProcess
+
+from ollama_watchdog import doctor, ollama_env
+from ollama_watchdog.doctor import Finding, Level, Listener
+from ollama_watchdog.store import ModelStore
+
+REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
+SERVER_ARGV = ("/usr/local/bin/ollama", "serve")
+
+
+def levels(findings: list[Finding]) -> list[Level]:
+    return [f.level for f in findings]
+
+
+# --------------------------------------------------------------------------------------------
+# environment and parameters
+
+
+def test_invented_variable_is_flagged_with_the_real_knob() -> None:
+    env = {"OLLAMA_HOST": "127.0.0.1", "OLLAMA_GPU_MEMORY_FRACTION": "0.9", "PATH": "/usr/bin"}
+    [finding] = doctor.judge_env(env, "test")
+    assert finding.level is Level.WARN
+    assert finding.text.startswith("OLLAMA_GPU_MEMORY_FRACTION is not an Ollama variable")
+    assert "OLLAMA_GPU_OVERHEAD" in finding.fix
+
+
+def test_removed_and_misspelt_variables_are_flagged() -> None:
+    env = {"OLLAMA_RUNNERS_DIR": "/x", "OLLAMA_KEEPALIVE": "5m", "OLLAMA_GPU_PRECISION": "fp16"}
+    found = doctor.judge_env(env, "test")
+    assert levels(found) == [Level.WARN] * 3
+    texts = " ".join(f.text for f in found)
+    assert "OLLAMA_RUNNERS_DIR was removed" in texts
+    assert "OLLAMA_KEEPALIVE is not an Ollama variable" in texts
+    assert any("OLLAMA_KV_CACHE_TYPE" in f.fix for f in found)
+
+
+def test_the_shipped_drop_in_uses_only_real_variables() -> None:
+    # systemd/ollama.service.d/tuning.conf is what we tell operators to copy
+    dropin = Path(__file__).parents[2] / "systemd/ollama.service.d/tuning.conf"
+    env = {}
+    for line in dropin.read_text().splitlines():
+        if line.startswith(("Environment=", "#Environment=")):
+            key = line.split("=", 2)[1].strip('"')
+            env[key] = "x"
+    assert len(env) >= 8
+    assert levels(doctor.judge_env(env, "drop-in")) == [Level.OK]
+
+
+def test_unit_environment_is_read_from_systemctl_show_and_files(tmp_path: Path) -> None:
+    envfile = tmp_path / "ollama.env"
+    envfile.write_text('# comment\nOLLAMA_NUM_PARALLEL="4"\nOLLAMA_FOO=1\n')
+    props = {
+        "Environment": 'PATH=/usr/bin "OLLAMA_ORIGINS=http://a b" OLLAMA_HOST=0.0.0.0:11434',
+        "EnvironmentFiles": f"{envfile} (ignore_errors=no)",
+    }
+    env = doctor.unit_environ(props)
+    assert env == {
+        "PATH": "/usr/bin",
+        "OLLAMA_ORIGINS": "http://a b",
+        "OLLAMA_HOST": "0.0.0.0:11434",
+        "OLLAMA_NUM_PARALLEL": "4",
+        "OLLAMA_FOO": "1",
+    }
+
+
+def test_modelfile_parameters_ignored_or_rejected() -> None:
+    modelfile = '''FROM llama3.2
+# PARAMETER tfs_z 1   (a comment, not an instruction)
+PARAMETER temperature 0.7
+parameter Mirostat 2
+PARAMETER num_gpu 99
+SYSTEM """
+PARAMETER numa true
+"""
+PARAMETER tfs_z 1.0
+'''
+    names = ollama_env.modelfile_parameter_names(modelfile)
+    assert names == ["temperature", "Mirostat", "num_gpu", "tfs_z"]
+    found = doctor.judge_parameters({}, {"Modelfile": names})
+    assert [(f.level, f.text) for f in found] == [
+        (Level.WARN, "Modelfile Modelfile: PARAMETER Mirostat is ignored"),
+        (Level.FAIL, "Modelfile Modelfile: PARAMETER tfs_z makes `ollama create` fail"),
+    ]
+    assert "0.7.0" in found[0].fix and "0.5.2" in found[1].fix
+
+
+def test_stored_parameters_are_only_warnings() -> None:
+    found = doctor.judge_parameters({"old:latest": ["use_mlock", "tfs_z", "stop"]}, {})
+    assert levels(found) == [Level.WARN, Level.WARN]
+    assert doctor.judge_parameters({"ok:latest": ["stop", "num_ctx"]}, {})[0].level is Level.OK
+
+
+# --------------------------------------------------------------------------------------------
+# service, port, api, gpu, exposure, logs
+
+
+def test_service_states() -> None:
+    ok = doctor.judge_service("ollama.service", {"ActiveState": "active", "SubState": "running",
+                                                 "NRestarts": "0"}, "")  # fmt: skip
+    assert ok.level is Level.OK and ok.text == "ollama.service is active (running), 0 restarts"
+    flapping = doctor.judge_service(
+        "ollama.service", {"ActiveState": "active", "SubState": "running", "NRestarts": "7"}, ""
+    )
+    assert flapping.level is Level.WARN and "restarted 7 times" in flapping.text
+    failed = doctor.judge_service(
+        "ollama.service", {"ActiveState": "failed", "SubState": "failed", "NRestarts": "5"}, ""
+    )
+    assert failed.level is Level.FAIL and "journalctl -u ollama.service" in failed.fix
+    absent = doctor.judge_service("ollama.service", {"LoadState": "not-found"}, "")
+    assert absent.level is Level.FAIL and "not installed" in absent.text
+    assert doctor.judge_service("x", None, "no bus").level is Level.WARN
+
+
+def test_port_held_by_something_else_fails() -> None:
+    other = [Listener("127.0.0.1", 4242, ("/usr/bin/python3", "-m", "http.server", "11434"))]
+    finding = doctor.judge_port(11434, other)
+    assert finding.level is Level.FAIL
+    assert finding.text == "port 11434 is held by python3 (pid 4242), not ollama serve"
+    assert doctor.judge_port(11434, []).level is Level.FAIL
+    good = doctor.judge_port(11434, [Listener("127.0.0.1", 7, SERVER_ARGV)])
+    assert good.level is Level.OK and "pid 7" in good.text
+
+
+def real_lines(marker: str) -> list[str]:
+    if not REAL_LOGS.exists():
+        pytest.skip(f"{REAL_LOGS} not present")
+    return [line for line in REAL_LOGS.read_text().splitlines() if marker in line]
+
+
+def test_gpu_seen_by_nvml_but_ollama_on_cpu_fails() -> None:
+    cpu = [line for line in real_lines('msg="inference compute"') if "library=cpu" in line]
+    compute = doctor.inference_compute(cpu[:1])
+    assert compute[0]["library"] == "cpu" and compute[0]["total"] == "125.7 GiB"
+    found = doctor.judge_gpu("auto", ["NVIDIA A10G"], "", compute)
+    assert levels(found) == [Level.OK, Level.FAIL]
+    assert "Ollama runs on the CPU (125.7 GiB RAM) although NVML sees 1 GPUs" in found[1].text
+    assert "CUDA_VISIBLE_DEVICES" in found[1].fix
+
+
+def test_gpu_used_by_ollama_is_ok() -> None:
+    gpu = [line for line in real_lines('msg="inference compute"') if "library=cuda" in line]
+    compute = doctor.inference_compute(gpu[:1])
+    found = doctor.judge_gpu("auto", ["NVIDIA GeForce RTX 2080 Ti"], "", compute)
+    assert levels(found) == [Level.OK, Level.OK]
+    assert found[1].text == "Ollama uses cuda NVIDIA GeForce RTX 2080 Ti (11.0 GiB)"
+
+
+def test_only_the_last_start_counts_for_gpu_discovery() -> None:
+    gpu = next(line for line in real_lines('msg="inference compute"') if "library=cuda" in line)
+    cpu = next(line for line in real_lines('msg="inference compute"') if "library=cpu" in line)
+    restart = 'time=2025-02-23T14:25:35.473+01:00 level=INFO msg="server config" env="map[]"'
+    compute = doctor.inference_compute([gpu, restart, cpu])
+    assert [c["library"] for c in compute] == ["cpu"]
+
+
+def test_no_driver_is_a_state_not_a_failure_unless_required() -> None:
+    assert levels(doctor.judge_gpu("auto", None, "NVML Shared Library Not Found", None)) == [
+        Level.SKIP
+    ]
+    assert levels(doctor.judge_gpu("true", None, "NVML Shared Library Not Found", None)) == [
+        Level.FAIL
+    ]
+
+
+def test_exposure_rules() -> None:
+    wildcard = [Listener("0.0.0.0", 1, SERVER_ARGV)]
+    loopback = [Listener("127.0.0.1", 1, SERVER_ARGV)]
+    listen = "127.0.0.1:9778"
+    [open_port] = doctor.judge_exposure(11434, wildcard, None, "table inet filter {}", listen, "")
+    assert open_port.level is Level.WARN and "without authentication" in open_port.text
+    assert "nginx" in open_port.fix
+    ruleset = "table inet filter {\n chain input {\n  tcp dport 11434 ip saddr != 10.0.0.0/8 drop\n"
+    [guarded] = doctor.judge_exposure(11434, wildcard, None, ruleset, listen, "")
+    assert guarded.level is Level.OK
+    [local] = doctor.judge_exposure(11434, loopback, None, None, listen, "")
+    assert local.level is Level.OK
+    # not running, but the unit would bind every address
+    [planned] = doctor.judge_exposure(11434, [], "0.0.0.0:11434", None, listen, "")
+    assert planned.level is Level.WARN
+    found = doctor.judge_exposure(11434, loopback, None, None, "0.0.0.0:9778", "")
+    assert levels(found) == [Level.OK, Level.WARN]
+    assert "the exporter listens on 0.0.0.0:9778 with neither TLS nor basic auth" in found[1].text
+    assert levels(doctor.judge_exposure(11434, loopback, None, None, ":9778", "/etc/w.yml")) == [
+        Level.OK
+    ]
+
+
+def test_log_errors_show_the_last_ones() -> None:
+    errors = real_lines("level=ERROR")
+    assert len(errors) >= 2
+    noise = ["llama_model_load: loaded meta data", "[GIN] 2024/07/21 - 15:52:51 | 200 | 0s |"]
+    finding = doctor.judge_log_errors([*noise, *errors], "")
+    assert finding.level is Level.WARN
+    assert finding.text.startswith(f"{len(errors)} errors in the last {len(errors) + 2} log lines")
+    assert "level=ERROR" in finding.text
+    clean = doctor.judge_log_errors(noise, "")
+    assert clean.level is Level.OK
+    assert doctor.judge_log_errors(None, "[logs] source = none").level is Level.SKIP
+
+
+def test_render_and_exit_code() -> None:
+    findings = [
+        Finding("api", Level.OK, "fine"),
+        Finding("env", Level.WARN, "X is not an Ollama variable", "remove X"),
+        Finding("gpu", Level.SKIP, "no NVML"),
+    ]
+    text = doctor.render(findings)
+    assert text.splitlines() == [
+        "[ OK ] api  fine",
+        "[WARN] env  X is not an Ollama variable",
+        "            fix: remove X",
+        "[SKIP] gpu  no NVML",
+        "1 OK, 1 WARN, 0 FAIL, 1 skipped",
+    ]
+    assert doctor.exit_code(findings) == 1
+    assert doctor.exit_code([Finding("a", Level.SKIP, "")]) == 0
+    assert doctor.exit_code([*findings, Finding("b", Level.FAIL, "")]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# the whole checklist, on a running "ollama serve" (the simulator), a real store and its log
+
+
+def write_model(root: Path, name: str, params: dict[str, object]) -> None:
+    def blob(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "blobs" / f"sha256-{digest}").write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    config = blob(json.dumps({"model_format": "gguf", "model_family": "llama"}).encode())
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.model", **blob(b"GGUF" + name.encode())},
+        {"mediaType": "application/vnd.ollama.image.params", **blob(json.dumps(params).encode())},
+    ]
+    manifest = {"schemaVersion": 2, "config": {"mediaType": "x", **config}, "layers": layers}
+    path = root / "manifests/registry.ollama.ai/library" / name / "latest"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[SimulatorProcess, Path]]:
+    models = tmp_path / "models"
+    write_model(models, "oldtune", {"mirostat": 2, "temperature": 0.2})
+    write_model(models, "fresh", {"stop": ["<|eot_id|>"]})
+    log = tmp_path / "ollama.log"
+    env = {**os.environ, "OLLAMA_GPU_MEMORY_FRACTION": "0.9"}
+    sim = SimulatorProcess(
+        tmp_path / "sim", ["--models-dir", str(models)], log_file=log, as_ollama=True, env=env
+    )
+    with sim:
+        yield sim, tmp_path
+
+
+def run_doctor(tmp_path: Path, sim: SimulatorProcess, *extra: str) -> tuple[int, str]:
+    config = write_config(
+        tmp_path / "doctor.toml",
+        {
+            "ollama": {"url": sim.url, "timeout": "3s", "models_dir": str(tmp_path / "models"),
+                       "unit": "ollama-test.service"},
+            "logs": {"source": "file", "path": str(sim.log_file)},
+            "gpu": {"enabled": "false"},
+        },
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "ollama_watchdog", "doctor", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stderr == ""
+    return proc.returncode, proc.stdout
+
+
+def line_of(out: str, tag: str, item: str) -> str:
+    matches = [x for x in out.splitlines() if x.startswith(f"[{tag}] {item} ")]
+    assert matches, f"no [{tag}] {item} line in:\n{out}"
+    return matches[0]
+
+
+def test_doctor_on_a_live_server(live: tuple[SimulatorProcess, Path]) -> None:
+    sim, tmp_path = live
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM llama3.2\nPARAMETER tfs_z 1.0\nPARAMETER num_ctx 8192\n")
+    # make the server log a real runner failure
+    model = next(
+        m["name"] for m in requests.get(sim.url + "/api/tags", timeout=10).json()["models"]
+    )
+    sim.set_fault("runner_crash")
+    requests.post(sim.url + "/api/generate", json={"model": model, "prompt": "x"}, timeout=30)
+    sim.clear_fault()
+    sim.wait_for_log("level=ERROR")
+
+    code, out = run_doctor(tmp_path, sim, "--modelfile", str(modelfile))
+    assert code == 2  # the Modelfile's tfs_z is a FAIL
+    port = sim.url.rsplit(":", 1)[1]
+    assert f"ollama serve (pid {sim.pid}) listens on 127.0.0.1:{port}" in line_of(
+        out, " OK ", "port"
+    )
+    assert "Ollama 0.32.15 answers at" in line_of(out, " OK ", "api")
+    # two weights, two params, one config shared by both (same bytes, same digest)
+    assert "2 models, 5 referenced blobs all present" in line_of(out, " OK ", "blobs")
+    env = line_of(out, "WARN", "env")
+    assert f"OLLAMA_GPU_MEMORY_FRACTION is not an Ollama variable: Ollama ignores it " \
+           f"(environment of pid {sim.pid})" in env  # fmt: skip
+    assert "model oldtune:latest: PARAMETER mirostat is ignored" in line_of(
+        out, "WARN", "parameters"
+    )
+    assert "PARAMETER tfs_z makes `ollama create` fail" in line_of(out, "FAIL", "parameters")
+    assert "Ollama listens on loopback only" in line_of(out, " OK ", "exposure")
+    assert "level=ERROR" in line_of(out, "WARN", "log")
+    assert line_of(out, "SKIP", "gpu")
+    assert "fix: " in out
+    assert out.splitlines()[-1].endswith(" WARN, 1 FAIL, 1 skipped")
+
+
+def test_doctor_when_ollama_is_down_and_the_store_damaged(
+    live: tuple[SimulatorProcess, Path],
+) -> None:
+    sim, tmp_path = live
+    store = ModelStore(tmp_path / "models")
+    scan = store.scan()
+    victim = scan.manifests[0].layers[0]
+    store.blob_path(victim.digest).unlink()
+    sim.stop()
+    code, out = run_doctor(tmp_path, sim)
+    assert code == 2
+    assert line_of(out, "FAIL", "port").endswith(f"nothing listens on port {sim.port}")
+    assert "failed: refused" in line_of(out, "FAIL", "api")
+    blobs = line_of(out, "FAIL", "blobs")
+    assert (
+        f"1 referenced blobs absent, 0 of the wrong size (models: {scan.manifests[0].name})"
+        in blobs
+    )
