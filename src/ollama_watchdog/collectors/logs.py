@@ -461,6 +461,8 @@ class FileFollower(_Follower):
             self._offset = 0  # a new file: read it all
         elif st.st_size < self._offset:
             self._offset = 0  # same file, truncated while we were away
+        if self._offset == 0 or self._first_open:
+            self._tail = b""  # nothing read from this file yet: nothing to compare with
         self._first_open = False
         self._fd, self._ino = fd, ino
         os.lseek(fd, self._offset, os.SEEK_SET)
@@ -511,7 +513,7 @@ class FileFollower(_Follower):
             self._open()
         elif st.st_size < self._offset or not self._tail_still_there():
             self._recover_from_copy()
-            self._partial = b""
+            self._partial = self._tail = b""
             self._offset = 0
             os.lseek(self._fd, 0, os.SEEK_SET)
 
