@@ -49,6 +49,7 @@ class ModelInfo:
     family: str
     parameter_size: str
     quantization_level: str
+    capabilities: tuple[str, ...] = ()  # 0.30+; empty before
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ def _int(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> in
     if isinstance(v, bool) or not isinstance(v, int):
         raise ProbeError("bad_response", f"{what}: field {key!r} missing or not an integer")
     return v
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(x for x in value if isinstance(x, str))
 
 
 def _models_list(body: Any, what: str) -> list[dict[str, Any]]:
@@ -240,6 +247,7 @@ class OllamaClient:
                     family=str(details.get("family") or ""),
                     parameter_size=str(details.get("parameter_size") or ""),
                     quantization_level=str(details.get("quantization_level") or ""),
+                    capabilities=_str_tuple(m.get("capabilities")),
                 )
             )
         return out

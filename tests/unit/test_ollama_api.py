@@ -1,0 +1,111 @@
+"""The Ollama client against the simulator: typed results and one error class per failure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from support.sim import SimulatorProcess
+from support.tools import free_port
+
+from ollama_watchdog.ollama_api import OllamaClient, ProbeError, parse_go_time
+
+
+def chat_model(c: OllamaClient) -> str:
+    return next(m.name for m in c.tags() if "completion" in m.capabilities)
+
+
+def client(sim: SimulatorProcess, timeout: float = 2.0) -> OllamaClient:
+    return OllamaClient(sim.url, timeout)
+
+
+def test_version_tags_ps(simulator: SimulatorProcess) -> None:
+    c = client(simulator)
+    assert c.version() == "0.32.15"
+    tags = c.tags()
+    assert len(tags) >= 1
+    assert all(m.size > 0 and len(m.digest) == 64 for m in tags)
+    assert c.ps() == []
+
+
+def test_loaded_model_shows_in_ps(simulator: SimulatorProcess) -> None:
+    c = client(simulator, timeout=20)
+    model = chat_model(c)
+    result = c.generate(model, "hello", num_predict=4, keep_alive="5m", timeout=20)
+    assert result.done_reason in {"stop", "length"}
+    assert result.eval_count > 0 and result.tokens_per_second is not None
+    assert result.ttft_seconds is not None
+    loaded = c.ps()
+    assert [m.name for m in loaded] == [model]
+    assert loaded[0].size >= loaded[0].size_vram >= 0
+    assert loaded[0].expires_at is not None
+
+
+def test_refused() -> None:
+    c = OllamaClient(f"http://127.0.0.1:{free_port()}", 2.0)
+    with pytest.raises(ProbeError) as err:
+        c.version()
+    assert err.value.reason == "refused"
+
+
+def test_hang_is_a_timeout(simulator: SimulatorProcess) -> None:
+    simulator.set_fault("hang")
+    with pytest.raises(ProbeError) as err:
+        client(simulator, timeout=0.5).version()
+    assert err.value.reason == "timeout"
+
+
+def test_500_is_http_error(simulator: SimulatorProcess) -> None:
+    simulator.set_fault("error500")
+    with pytest.raises(ProbeError) as err:
+        client(simulator).tags()
+    assert err.value.reason == "http_error"
+    assert err.value.status == 500
+
+
+def test_busy_is_http_error_503(simulator: SimulatorProcess) -> None:
+    simulator.set_fault("busy")
+    c = client(simulator, timeout=10)
+    with pytest.raises(ProbeError) as err:
+        c.generate(chat_model(c), "x", timeout=10)
+    assert err.value.reason == "http_error"
+    assert err.value.status == 503
+    assert "server busy" in err.value.detail
+
+
+def test_malformed_is_bad_response(simulator: SimulatorProcess) -> None:
+    simulator.set_fault("malformed")
+    c = client(simulator)
+    for call in (c.version, c.tags, c.ps):
+        with pytest.raises(ProbeError) as err:
+            call()
+        assert err.value.reason == "bad_response"
+
+
+def test_unknown_model_is_http_error_404(simulator: SimulatorProcess) -> None:
+    with pytest.raises(ProbeError) as err:
+        client(simulator).generate("no-such-model:latest", "x")
+    assert err.value.reason == "http_error"
+    assert err.value.status == 404
+    assert "not found" in err.value.detail
+
+
+def _utc(*parts: int) -> float:
+    return datetime(*parts, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("text", "epoch"),
+    [
+        ("2025-08-08T00:07:26.817827822+02:00", _utc(2025, 8, 7, 22, 7, 26, 817827)),
+        ("2318-12-05T21:47:02.903047553Z", _utc(2318, 12, 5, 21, 47, 2, 903047)),
+        ("2025-10-26T17:15:24Z", _utc(2025, 10, 26, 17, 15, 24, 0)),
+    ],
+)
+def test_go_times(text: str, epoch: float) -> None:
+    value = parse_go_time(text)
+    assert value is not None and abs(value - epoch) < 1e-3
+
+
+def test_bad_go_time() -> None:
+    assert parse_go_time("yesterday") is None
