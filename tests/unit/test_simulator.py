@@ -22,9 +22,6 @@ import pytest
 import requests
 from support.sim import SimulatorProcess
 
-# Until tests/conftest.py registers it for every test: the simulator fixtures.
-pytest_plugins = ["support.sim"]
-
 T = 15  # generous request timeout: waiting, never asserting on speed
 GIN_RE = re.compile(
     r'\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|'

@@ -28,8 +28,6 @@ from ollama_watchdog.simulator import (
     gin_latency,
 )
 
-pytest_plugins = ["support.sim"]
-
 REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
 GIN_RE = re.compile(
     r'\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|'
