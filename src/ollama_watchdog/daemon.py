@@ -190,7 +190,8 @@ class Daemon:
         config_path: Path | None,
         *,
         dry_run: bool = False,
-        build_extra: Callable[[Config], list[Scheduled]] | None = None,
+        build_extra: Callable[[Config, Callable[[bool, str | None], None]], list[Scheduled]]
+        | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -222,7 +223,7 @@ class Daemon:
         self._client = OllamaClient(config.ollama.url, config.ollama.timeout)
         self.api = ApiCollector(self._client, on_liveness=self._liveness.put)
         items = [Scheduled(self.api, config.probe.interval, config.ollama.timeout * 3 + 1)]
-        items += self._build_extra(config)
+        items += self._build_extra(config, lambda ok, err: self._deep.put((ok, err)))
         for item in items:
             c = item.collector
             if isinstance(c, BackgroundCollector):
@@ -392,14 +393,22 @@ class Daemon:
         self._stop_collectors(timeout=1.0)
 
 
-def default_extra_collectors(config: Config) -> list[Scheduled]:
+def default_extra_collectors(
+    config: Config, on_deep: Callable[[bool, str | None], None]
+) -> list[Scheduled]:
     """Process, GPU, log and deep-probe collectors, as the config enables them."""
+    from .collectors.gpu import GpuCollector
     from .collectors.logs import LogsCollector
+    from .collectors.probe import DeepProbeCollector, DeepProbeResult
     from .collectors.process import ProcessCollector, SystemdMainPid
 
     main_pid = SystemdMainPid(config.ollama.unit) if config.ollama.unit else None
     process = ProcessCollector(config.ollama.models_dir, main_pid=main_pid)
     items = [Scheduled(process, config.probe.interval, 10.0)]
+    if config.gpu.enabled != "false":
+        gpu = GpuCollector(process.ollama_pids, required=config.gpu.enabled == "true")
+        # NVML runs with its own deadline inside the collector; this one is a backstop
+        items.append(Scheduled(gpu, config.probe.interval, 10.0))
     if config.logs.source != "none":
         logs = LogsCollector(
             config.logs.source,  # type: ignore[arg-type]  # validated by config.py
@@ -410,6 +419,18 @@ def default_extra_collectors(config: Config) -> list[Scheduled]:
         )
         # collect() only copies counters: cheap, so as often as the probes
         items.append(Scheduled(logs, config.probe.interval, 5.0))
+    if config.probe.deep_model:
+
+        def forward(r: DeepProbeResult) -> None:
+            on_deep(r.ok, None if r.ok else f"{r.reason}: {r.error}")
+
+        deep = DeepProbeCollector(
+            OllamaClient(config.ollama.url, config.probe.deep_timeout),
+            config.probe.deep_model,
+            config.probe.deep_timeout,
+            on_result=forward,
+        )
+        items.append(Scheduled(deep, config.probe.deep_interval, config.probe.deep_timeout + 5))
     return items
 
 
