@@ -225,9 +225,9 @@ def _print(r: dict[str, Any]) -> None:
                 f"{s['cpu_p95_ms']:.3f} | {s['cpu_max_ms']:.3f} | {s['wall_mean_ms']:.3f} |"
             )
     if "energy_read_all_gpus" in r:
-        per_round = r["energy_read_all_gpus"]["cpu_mean_ms"] * 10.0 / 15.0
+        per_round = r["energy_read_all_gpus"]["cpu_mean_ms"] * 10.0 / 30.0
         print(
-            f"\nenergy amortised (probe interval 10 s, energy every 15 s): "
+            f"\nenergy amortised (probe interval 10 s, energy every 30 s): "
             f"{per_round:.3f} ms CPU per round"
         )
 

@@ -195,7 +195,7 @@ class GpuCollector:
         nvml: Any | None = None,
         required: bool = False,
         deadline: float = 2.0,
-        energy_interval: float = 15.0,
+        energy_interval: float = 30.0,
         retry_interval: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
