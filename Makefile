@@ -24,10 +24,11 @@ tools:
 
 ## Every test: lint, types, unit, integration (real prometheus/promtool/logrotate/nginx) and
 ## system tests (real systemd in systemd-nspawn; root). Missing tools skip locally, fail in CI.
+## GPU tests (marker gpu) run on a machine with an NVIDIA GPU: see tests/gpu/README.md.
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy --strict src
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not gpu"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -41,12 +41,15 @@ class SimulatorSupervisor:
         self.control = control
         self.pidfile = workdir / "simulator.pid"
         self.logfile = workdir / "ollama.log"
+        self.simdir = workdir / "sim"  # runner scripts and the fake model store
+        self.readyfile = workdir / "simulator.ready"
         self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="demo-supervisor", daemon=True)
         self.starts = 0
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        self.readyfile.unlink(missing_ok=True)
         log = self.logfile.open("ab")
         try:
             proc = subprocess.Popen(
@@ -60,6 +63,10 @@ class SimulatorSupervisor:
                     self.control,
                     "--log-file",
                     str(self.logfile),
+                    "--work-dir",
+                    str(self.simdir),
+                    "--ready-file",
+                    str(self.readyfile),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -71,8 +78,14 @@ class SimulatorSupervisor:
         self.starts += 1
         return proc
 
-    def start(self) -> None:
+    def start(self, ready_timeout: float = 15.0) -> None:
         self._proc = self._spawn()
+        # the first probe should meet a serving simulator, not a half-started one
+        deadline = time.monotonic() + ready_timeout
+        while not self.readyfile.exists() and time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
         self._thread.start()
 
     def _loop(self) -> None:
@@ -103,7 +116,12 @@ def demo_config(
 ) -> Config:
     host, port = parse_listen(ollama_listen)
     return Config(
-        ollama=OllamaConfig(url=f"http://{host or '127.0.0.1'}:{port}", timeout=2.0),
+        ollama=OllamaConfig(
+            url=f"http://{host or '127.0.0.1'}:{port}",
+            timeout=2.0,
+            unit="",  # no systemd unit: the process is found by its command line
+            models_dir=state_dir / "sim" / "models",
+        ),
         exporter=ExporterConfig(listen=exporter_listen),
         probe=ProbeConfig(interval=2.0),
         watchdog=WatchdogConfig(
