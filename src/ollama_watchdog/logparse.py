@@ -14,15 +14,17 @@ inside the line. Every label value an event carries comes from a fixed set
 create new series, and no message text or prompt ever leaves this module.
 
 Speed matters (the parser sees every line Ollama writes): each kind of line is recognised by a
-substring test before any regex runs, and each kind has one compiled regex at most.
+substring test before any regex runs, and each kind has one compiled regex at most. Events are
+NamedTuples rather than frozen dataclasses: just as immutable, and several times cheaper to
+build (a frozen dataclass sets each field through ``object.__setattr__``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Final, Literal
+from functools import lru_cache
+from typing import Final, Literal, NamedTuple
 
 from ollama_watchdog.routes import method_label, route_label
 
@@ -42,8 +44,7 @@ RUNNER_ERROR_KINDS: Final = (
 TimingPhase = Literal["prompt", "eval", "total"]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """One gin request line: logged once when the response has finished."""
 
     method: str  # bounded: routes.METHODS or "other"
@@ -52,8 +53,7 @@ class Request:
     seconds: float  # gin's latency (whole seconds above one minute)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One slog (or pre-slog ``log.Printf``) line of the Ollama server."""
 
     level: str  # one of LEVELS
@@ -63,8 +63,7 @@ class Message:
     server_start: bool = False  # the first line(s) of a new ``ollama serve`` process
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
+class Timing(NamedTuple):
     """One line of llama-server's ``print_timing`` block (per-line or block form)."""
 
     phase: TimingPhase  # "prompt" eval, "eval" (generation) or the "total" line that ends it
@@ -72,8 +71,7 @@ class Timing:
     tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class Malformed:
+class Malformed(NamedTuple):
     """A line that carries a marker we know (``[GIN] ``, ``level=``) but does not parse.
 
     Counted by ``ollama_watchdog_log_lines_unparsed_total``: a rising count means Ollama's
@@ -91,7 +89,12 @@ Event = Request | Message | Timing | Malformed
 # method, then the Go-quoted path. The quote may itself be escaped (\") when a GUI wrapped the
 # line into JSON (real-logs.txt [19]). The path stops at a quote or backslash: Go escapes only
 # odd bytes, and whatever follows such a byte cannot change the route.
-_GIN_RE: Final = re.compile(r"[^|]*\| (\d{3}) \| *([^ |]+) \|[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
+_GIN_RE: Final = re.compile(
+    # latency: one number and unit (the common case, converted without a second parse), or
+    # any other Go duration text (``2m48s``), parsed by parse_go_duration
+    r"[^|]*\| (\d{3}) \| *(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|([^ |]+)) \|"
+    r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)"
+)
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 
 # --- Go durations ---------------------------------------------------------------------------
@@ -100,7 +103,6 @@ _UNIT_2: Final = {"ns": 1e-9, "µs": 1e-6, "μs": 1e-6, "us": 1e-6, "ms": 1e-3}
 _UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, **_UNIT_2}
 _DURATION_RE: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:h|ms|m|s|µs|μs|us|ns))+")
 _DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|µs|μs|us|ns)")
-_PLAIN_NUMBER_RE: Final = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_go_duration(text: str) -> float | None:
@@ -112,7 +114,15 @@ def parse_go_duration(text: str) -> float | None:
     # Fast path: one number and one unit, the form of nearly every request under a minute.
     scale = _UNIT_2.get(text[-2:])
     number = text[:-2] if scale is not None else text[:-1] if text[-1:] == "s" else None
-    if number is not None and _PLAIN_NUMBER_RE.fullmatch(number):
+    # isdigit() after removing one dot accepts exactly \d+(\.\d+)? bar a leading or
+    # trailing dot, which float() would take but Go never prints: checked separately
+    if (
+        number
+        and number.replace(".", "", 1).isdigit()
+        and number.isascii()
+        and number[0] != "."
+        and number[-1] != "."
+    ):
         return float(number) * (1.0 if scale is None else scale)
     if not _DURATION_RE.fullmatch(text):
         return None
@@ -222,6 +232,10 @@ def _attr(line: str, key: str, start: int) -> str:
     return "" if at < 0 else _value(line, at + len(key) + 2)
 
 
+# most messages carry nothing but their level: share one instance per level
+_PLAIN: Final = {level: Message(level) for level in LEVELS}
+
+
 def _message(level: str, msg: str, line: str, rest: int) -> Message:
     """Classify one server message; ``rest`` is where its attributes begin in ``line``."""
     rule = _MSG_KINDS.get(msg)
@@ -236,7 +250,7 @@ def _message(level: str, msg: str, line: str, rest: int) -> Message:
         return Message(level, loaded_runners=int(count) if count.isdigit() else None)
     if msg == "server config" or msg.startswith("Listening on "):
         return Message(level, server_start=True)
-    return Message(level)
+    return _PLAIN[level]
 
 
 def _parse_slog(line: str, at: int) -> Message | Malformed:
@@ -251,7 +265,7 @@ def _parse_slog(line: str, at: int) -> Message | Malformed:
             return Malformed("slog")
     m = line.find(" msg=", at)
     if m < 0:
-        return Message(level)
+        return _PLAIN[level]
     msg = _value(line, m + 5)
     return _message(level, msg, line, m + 5 + len(msg))
 
@@ -272,11 +286,31 @@ def _parse_stdlog(line: str) -> Message | None:
 
 # --- llama-server timings -------------------------------------------------------------------
 
-_TIMING_RE: Final = re.compile(r"(prompt eval|eval|total) time = +(\d+(?:\.\d+)?) ms / +(\d+) tok")
-_PHASES: Final[dict[str, TimingPhase]] = {"prompt eval": "prompt", "eval": "eval", "total": "total"}
+_TIMING_RE: Final = re.compile(r" +(\d+(?:\.\d+)?) ms / +(\d+) tok")
+
+
+def _parse_timing(line: str, at: int) -> Timing | None:
+    """``at`` is where " time = " starts; the word before it names the phase."""
+    if line.endswith("prompt eval", 0, at):
+        phase: TimingPhase = "prompt"
+    elif line.endswith("eval", 0, at):
+        phase = "eval"
+    elif line.endswith("total", 0, at):
+        phase = "total"
+    else:
+        return None
+    found = _TIMING_RE.match(line, at + 7)
+    if found is None:
+        return None
+    ms, tokens = found.groups()
+    return Timing(phase, float(ms) / 1000.0, int(tokens))
 
 
 # --- the entry point ------------------------------------------------------------------------
+
+# Real traffic repeats a handful of paths; a bounded cache keeps a scanner's random URLs from
+# growing memory while sparing the common case the route lookup.
+_route: Final = lru_cache(maxsize=1024)(route_label)
 
 
 def parse_line(line: str) -> Event | None:
@@ -289,20 +323,21 @@ def parse_line(line: str) -> Event | None:
         found = _GIN_RE.match(line, at + 6)
         if found is None:
             return Malformed("gin")
-        code, latency, method, path = found.groups()
-        seconds = parse_go_duration(latency)
-        if seconds is None:
-            return Malformed("gin")
-        return Request(method_label(method), route_label(path), int(code), seconds)
+        code, number, unit, latency, method, path = found.groups()
+        if number is not None:
+            seconds = float(number) * _UNITS[unit]
+        else:
+            parsed = parse_go_duration(latency)
+            if parsed is None:
+                return Malformed("gin")
+            seconds = parsed
+        return Request(method_label(method), _route(path), int(code), seconds)
     at = line.find("level=")
     if at >= 0:
         return _parse_slog(line, at)
-    if " time = " in line:
-        timing = _TIMING_RE.search(line)
-        if timing is not None:
-            phase, ms, tokens = timing.groups()
-            return Timing(_PHASES[phase], float(ms) / 1000.0, int(tokens))
-        return None
+    at = line.find(" time = ")
+    if at >= 0:
+        return _parse_timing(line, at)
     if ".go:" in line:
         return _parse_stdlog(line)
     return None

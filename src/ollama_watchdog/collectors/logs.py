@@ -435,11 +435,13 @@ class FileFollower(_Follower):
                 if self._fd is None and not self._open():
                     self._stopping.wait(self._poll)
                     continue
-                # read everything there is, then look for rotation, then sleep: batches of
-                # lines per poll keep the CPU cost per line low under a steady stream
+                # Look for rotation *before* reading: after a copytruncate a fast writer may
+                # refill the file past our offset, and reading first would take the new bytes
+                # as the continuation of the old ones. Then read everything there is and
+                # sleep: batches of lines per poll keep the CPU cost per line low.
+                self._check_rotation()
                 self._drain()
                 self._drain_retiring()
-                self._check_rotation()
                 self._stopping.wait(self._poll)
         finally:
             self._close_all()

@@ -1,0 +1,204 @@
+"""Log-parsing throughput: our parser vs ollama-mtop's, and the whole file pipeline.
+
+Not a test. Run: ``.venv/bin/python benchmarks/logparse.py [--lines 1000000]`` (needs
+``pip install ollama-mtop`` for the peer column; it is not a dependency of ours).
+
+1. Parser lines/s on a realistic mix (below), ours (``parse_line``: requests, slog levels and
+   runner errors, token timings) next to ollama-mtop's ``strip_ansi`` + ``split_line`` +
+   ``parse_gin`` (requests only), same lines, same process, best of 3.
+2. The same on gin lines only (the one job both tools do).
+3. The whole file pipeline: ``LogsCollector("file")`` reading a file of the mix into counters.
+4. Our process's CPU while a separate writer process appends 1 000 lines/s for 20 s.
+
+The mix is drawn (seeded) from pools of real lines: real-logs.txt's gin and slog lines (with
+their journald/docker prefixes) and llama-server's per-request output (FACTS.md §2.7). Shares:
+35 % gin, 20 % slog, 35 % llama-server slot/timing lines, 10 % other runner output - a busy
+v0.30+ server logs a few llama-server lines per completion next to each request line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ollama_watchdog.collectors.logs import LogsCollector
+from ollama_watchdog.logparse import parse_line
+
+REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
+
+LLAMA_SERVER = [
+    "slot   operator(): id  0 | task 0 | new prompt, n_ctx_slot = 131072, n_keep = 4, task.n_tokens = 14892",  # noqa: E501
+    "slot update_slots: id  0 | task 160 | prompt processing, n_tokens =   1536, progress = 0.10, t =   3.42 s / 448.61 tokens per second",  # noqa: E501
+    "slot print_timing: id  0 | task 160 | prompt eval time =     751.87 ms /    25 tokens (   30.07 ms per token,    33.25 tokens per second)",  # noqa: E501
+    "slot print_timing: id  0 | task 160 |        eval time =    5729.20 ms /    96 tokens (   60.31 ms per token,    16.58 tokens per second)",  # noqa: E501
+    "slot print_timing: id  0 | task 160 |       total time =    6481.07 ms /   121 tokens",
+    "slot print_timing: id  0 | task 160 |    graphs reused =         95",
+    "slot      release: id  0 | task 160 | stop processing: n_tokens = 121, truncated = 0",
+    "srv  update_slots: all slots are idle",
+]
+OTHER = [
+    "llm_load_print_meta: max token length = 256",
+    "load_tensors: loading model tensors, this can take a while... (mmap = false)",
+    "ggml_cuda_init: found 1 CUDA devices:",
+    "  Device 0: NVIDIA GeForce RTX 4090, compute capability 8.9, VMM: yes",
+    "print_info: file type   = Q4_K - Medium",
+]
+
+
+def pools() -> tuple[list[str], list[str]]:
+    gin, slog = [], []
+    for line in REAL_LOGS.read_text(encoding="utf-8").splitlines():
+        if "[GIN] " in line:
+            gin.append(line)
+        elif "level=" in line and not line.startswith(("source:", "context:")):
+            slog.append(line)
+    return gin, slog
+
+
+def mix(n: int, seed: int = 42) -> list[str]:
+    gin, slog = pools()
+    rnd = random.Random(seed)
+    kinds = rnd.choices([gin, slog, LLAMA_SERVER, OTHER], weights=[35, 20, 35, 10], k=n)
+    return [rnd.choice(k) for k in kinds]
+
+
+def best_of(fn: Callable[[], object], runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ours(lines: list[str]) -> Callable[[], object]:
+    def run() -> object:
+        p = parse_line
+        return [p(x) for x in lines]
+
+    return run
+
+
+def peer(lines: list[str]) -> Callable[[], object] | None:
+    try:
+        from mtop.logs import parse_gin, split_line, strip_ansi
+    except ImportError:
+        return None
+
+    def run() -> object:
+        return [parse_gin(split_line(strip_ansi(x))[1]) for x in lines]
+
+    return run
+
+
+def parser_rates(label: str, lines: list[str]) -> None:
+    n = len(lines)
+    ours_s = best_of(ours(lines))
+    peer_fn = peer(lines)
+    peer_s = best_of(peer_fn) if peer_fn else None
+    ours_rate = n / ours_s
+    if peer_s is None:
+        print(f"| {label} | {n} | {ours_rate:,.0f} | (ollama-mtop not installed) | |")
+    else:
+        peer_rate = n / peer_s
+        ratio = ours_rate / peer_rate
+        print(f"| {label} | {n} | {ours_rate:,.0f} | {peer_rate:,.0f} | {ratio:.2f}x |")
+
+
+def requests_total(collector: LogsCollector) -> float:
+    return float(collector.counters.lines)
+
+
+def pipeline(lines: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "mix.log"
+        src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path = Path(tmp) / "ollama.log"
+        collector = LogsCollector("file", str(path), poll_interval=0.05)
+        collector.start()  # the file does not exist yet: it is waited for, then read whole
+        try:
+            time.sleep(0.2)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            os.rename(src, path)
+            while collector.counters.lines < len(lines):
+                time.sleep(0.01)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        finally:
+            collector.stop()
+    print(
+        f"| file pipeline (LogsCollector, file appears whole) | {len(lines)} "
+        f"| {len(lines) / wall:,.0f} lines/s wall | {cpu:.2f} s CPU | |"
+    )
+
+
+WRITER = """
+import sys, time
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+rate, seconds = int(sys.argv[3]), float(sys.argv[4])
+with open(sys.argv[2], "a", encoding="utf-8") as f:
+    start, i = time.monotonic(), 0
+    while (now := time.monotonic() - start) < seconds:
+        due = int(now * rate)
+        while i < due:
+            f.write(lines[i % len(lines)] + "\\n"); i += 1
+        f.flush()
+        time.sleep(0.01)
+print(i)
+"""
+
+
+def steady_cpu(lines: list[str], rate: int = 1000, seconds: float = 20.0) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "mix.log"
+        src.write_text("\n".join(lines[:100_000]) + "\n", encoding="utf-8")
+        path = Path(tmp) / "ollama.log"
+        path.touch()
+        collector = LogsCollector("file", str(path))  # the daemon's default poll interval
+        collector.start()
+        try:
+            time.sleep(0.5)
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            writer = subprocess.run(
+                [sys.executable, "-c", WRITER, str(src), str(path), str(rate), str(seconds)],
+                capture_output=True, text=True, timeout=seconds + 60, check=True,
+            )  # fmt: skip
+            written = int(writer.stdout)
+            while collector.counters.lines < written:
+                time.sleep(0.01)
+            r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        finally:
+            collector.stop()
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    print(
+        f"| steady {rate} lines/s for {seconds:.0f} s (writer in another process) | {written} "
+        f"| {100 * cpu / wall:.2f} % of one core | {cpu:.3f} s CPU / {wall:.1f} s | |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--steady-seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    lines = mix(args.lines)
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")  # fmt: skip
+    print("\n| run | lines | ours (lines/s) | ollama-mtop (lines/s) | ours / peer |")
+    print("|---|---|---|---|---|")
+    parser_rates("parser, realistic mix", lines)
+    parser_rates("parser, gin lines only", [x for x in lines if "[GIN] " in x])
+    pipeline(lines)
+    steady_cpu(lines, seconds=args.steady_seconds)
+
+
+if __name__ == "__main__":
+    main()
