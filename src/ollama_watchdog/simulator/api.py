@@ -14,15 +14,17 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .catalog import Model, normalize_name
+from .catalog import Model, normalize_name, read_model
+from .create import CreateError, blob_path, prepare_create, receive_blob, run_create
 from .logformat import (
     format_rfc3339_nano,
     format_timing_lines,
@@ -61,6 +63,8 @@ _MALFORMED_BODY = b"<!DOCTYPE html><html><body>Ollama is running</body></html>"
 _SRC_INVALID_OPTION = "types.go:812"
 _SRC_ABORT = "llama_server.go:1538"
 _SRC_COMPLETION_ERROR = {ERA_LLAMA_SERVER: "llama_server.go:1561", "go-runner": "server.go:1577"}
+_BLOBS_PREFIX = "/api/blobs/"
+_UPLOAD_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,11 @@ class ApiError(Exception):
 class Simulator:
     """State shared by all request threads: models, scheduler, faults, log sink."""
 
-    def __init__(self, settings: SimSettings, models: list[Model], scheduler: Scheduler,
-                 faults: FaultState, sink: LogSink, on_crash: Callable[[], None]) -> None:
+    def __init__(self, settings: SimSettings, models_dir: Path, models: list[Model],
+                 scheduler: Scheduler, faults: FaultState, sink: LogSink,
+                 on_crash: Callable[[], None]) -> None:
         self.settings = settings
+        self.models_dir = models_dir  # the store blob uploads and creates write into
         self._models = {m.name: m for m in models}
         self._models_lock = threading.Lock()
         self.scheduler = scheduler
@@ -141,6 +147,11 @@ class Simulator:
     def find(self, name: str) -> Model | None:
         with self._models_lock:
             return self._models.get(normalize_name(name))
+
+    def put(self, model: Model) -> None:
+        """Add a created model, or replace the one of the same name."""
+        with self._models_lock:
+            self._models[model.name] = model
 
     def delete(self, name: str) -> bool:
         with self._models_lock:
@@ -224,19 +235,32 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.send_header("Date", formatdate(usegmt=True))
         self._status = code
 
-    def _read_body(self) -> bytes:
+    def _body_chunks(self, chunk_size: int = _UPLOAD_CHUNK) -> Iterator[bytes]:
+        """The request body piece by piece (Content-Length or chunked), never all at once."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                    return
+                while size > 0:
+                    data = self.rfile.read(min(size, chunk_size))
+                    if not data:
+                        raise ConnectionResetError("request body ended early")
+                    size -= len(data)
+                    yield data
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            data = self.rfile.read(min(left, chunk_size))
+            if not data:
+                raise ConnectionResetError("request body ended early")
+            left -= len(data)
+            yield data
+
+    def _read_body(self) -> bytes:
+        return b"".join(self._body_chunks())
 
     def _send(self, status: int, body: bytes, content_type: str | None,
               headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -282,6 +306,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         sim = self.server.sim
         started = time.monotonic()
         self._status = 0
+        self._body_done = False
         self._wait_out_hang(sim)
         if sim.stopping.is_set():
             self.close_connection = True
@@ -293,8 +318,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         raw_path, _, query = self.path.partition("?")
         path = unquote(raw_path)
         logged_path = path + (f"?{query}" if query else "")
+        # A blob upload's body is streamed to disk by its handler, never held in memory.
+        streamed = self.command == "POST" and path.startswith(_BLOBS_PREFIX)
         try:
-            body = self._read_body()
+            body = b"" if streamed else self._read_body()
             self._route(sim, path, body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -307,6 +334,9 @@ class ApiHandler(BaseHTTPRequestHandler):
                     self._send_json(500, {"error": "internal simulator error"})
                 except OSError:
                     self.close_connection = True
+        if streamed and not self._body_done:
+            # The body was not (fully) read: the connection cannot carry another request.
+            self.close_connection = True
         sim.sink.gin(datetime.now(), self._status or 500, time.monotonic() - started,
                      _client_ip(self), self.command, logged_path)
 
@@ -386,6 +416,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._delete(sim, self._json_body(body, "DeleteRequest"))
         elif path == "/api/pull":
             self._pull(self._json_body(body, "PullRequest"))
+        elif path.startswith(_BLOBS_PREFIX):
+            self._blob(sim, path[len(_BLOBS_PREFIX):])
+        elif path == "/api/create":
+            self._create(sim, self._json_body(body, "CreateRequest"))
         elif path == "/v1/models":
             self._send_json(200, {"object": "list", "data": [
                 {"id": m.name, "object": "model", "created": int(m.modified_at),
@@ -691,6 +725,58 @@ class ApiHandler(BaseHTTPRequestHandler):
                 sim.scheduler.unload(entry)
         sim.delete(name)
         self._send(200, b"", None)
+
+    def _blob(self, sim: Simulator, digest: str) -> None:
+        """HEAD: does the blob exist (404 names it); POST: store the body under its digest."""
+        try:
+            path = blob_path(sim.models_dir, digest)
+            if self.command == "HEAD":
+                if not path.is_file():
+                    raise ApiError(404, f"blob {go_quote(digest)} not found")
+                self._send(200, b"", None)
+                return
+            status = receive_blob(sim.models_dir, digest, self._consumed(self._body_chunks()))
+        except CreateError as error:
+            raise ApiError(error.status, error.message) from None
+        self._send(status, b"", None)
+
+    def _consumed(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        yield from chunks
+        self._body_done = True
+
+    def _create(self, sim: Simulator, req: dict[str, Any]) -> None:
+        """``POST /api/create``: validation errors before the stream keep their status."""
+        try:
+            plan = prepare_create(req, sim.models_dir)
+        except CreateError as error:
+            raise ApiError(error.status, error.message) from None
+        stream = req.get("stream") is not False
+        if stream:
+            self._stream_start()
+
+        def progress(status: str) -> None:
+            if stream:
+                self._stream_write({"status": status})
+
+        try:
+            path = run_create(plan, sim.models_dir,
+                              era_go_runner=sim.settings.era != ERA_LLAMA_SERVER,
+                              progress=progress)
+        except CreateError as error:
+            if not stream:
+                raise ApiError(error.status, error.message) from None
+            # Mid-stream the 200 has gone out: the error is the last line.
+            self._stream_write({"error": error.message})
+            self._stream_end()
+            return
+        model = read_model(sim.models_dir, path)
+        if model is not None:
+            sim.put(model)
+        if stream:
+            self._stream_write({"status": "success"})
+            self._stream_end()
+        else:
+            self._send_json(200, {"status": "success"})
 
     def _pull(self, req: dict[str, Any]) -> None:
         """Offline, as on the machines we watch: the manifest fetch fails (FACTS.md §1.2)."""

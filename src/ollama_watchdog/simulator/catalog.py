@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,9 @@ MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 _BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
+_HOST_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+_TAG_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 
 #: Fixed manifest mtime of fake models, so ``modified_at`` is stable between runs.
 _FAKE_MTIME = datetime(2026, 8, 1, 12, 0, 0).timestamp()
@@ -106,12 +110,42 @@ def normalize_name(name: str) -> str:
     return name
 
 
-def _write_blob(blobs: Path, data: bytes) -> tuple[str, int]:
+def parse_name(name: str) -> tuple[str, str, str, str] | None:
+    """``[host/][namespace/]model[:tag]`` → (host, namespace, model, tag), None if invalid.
+
+    Ollama's ``model.ParseName`` + ``IsValid`` (types/model/name.go): defaults filled in, each
+    part from a small alphabet and at most 80 characters (the host 350, it may carry a port).
+    """
+    path, tag = name, "latest"
+    if ":" in name.rsplit("/", 1)[-1]:
+        path, tag = name.rsplit(":", 1)
+    parts = path.split("/")
+    if len(parts) > 3:
+        return None
+    host, namespace, model = [DEFAULT_HOST, DEFAULT_NAMESPACE][: 3 - len(parts)] + parts
+    if not (_HOST_PART.match(host) and _NAME_PART.match(namespace) and _NAME_PART.match(model)
+            and _TAG_PART.match(tag)):
+        return None
+    return host, namespace, model, tag
+
+
+def write_blob(blobs: Path, data: bytes) -> tuple[str, int, bool]:
+    """Store ``data`` as ``sha256-<hex>``: (hex digest, size, True if it was not there yet)."""
     hexdigest = hashlib.sha256(data).hexdigest()
     path = blobs / f"sha256-{hexdigest}"
-    if not path.exists():
-        path.write_bytes(data)
-    return hexdigest, len(data)
+    if path.exists():
+        return hexdigest, len(data), False
+    # Through a temp name: a reader never sees a half-written blob under its digest.
+    tmp = blobs / f"sha256-{os.getpid()}-{threading.get_ident()}"
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+    return hexdigest, len(data), True
+
+
+def _write_blob(blobs: Path, data: bytes) -> tuple[str, int]:
+    hexdigest, size, _ = write_blob(blobs, data)
+    return hexdigest, size
 
 
 def write_fake_store(models_dir: Path, count: int) -> None:
@@ -169,7 +203,8 @@ def _guess_memory(weights_size: int, parameter_size: str) -> int:
     return max(weights_size, 64 << 20) + (256 << 20)
 
 
-def _read_model(models_dir: Path, manifest_path: Path) -> Model | None:
+def read_model(models_dir: Path, manifest_path: Path) -> Model | None:
+    """The model one manifest describes, or None when the manifest cannot be read."""
     try:
         raw = manifest_path.read_bytes()
         manifest = json.loads(raw)
@@ -223,7 +258,7 @@ def read_store(models_dir: Path) -> list[Model]:
     found = [
         model
         for path in manifests.glob("*/*/*/*")
-        if path.is_file() and (model := _read_model(models_dir, path)) is not None
+        if path.is_file() and (model := read_model(models_dir, path)) is not None
     ]
     return sorted(found, key=lambda m: m.modified_at, reverse=True)
 

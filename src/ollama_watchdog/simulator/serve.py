@@ -213,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
     llama_server, go_runner = install_runner_scripts(work_dir)
     scheduler = Scheduler(sink, era, llama_server, go_runner, _default_context())
     scheduler_box.append(scheduler)
-    sim = Simulator(settings, models, scheduler, faults, sink, crash_now)
+    sim = Simulator(settings, models_dir, models, scheduler, faults, sink, crash_now)
     try:
         api = ApiServer((host, port), sim, family)
     except OSError as error:
