@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +22,10 @@ from typing import Any
 import psutil
 import pytest
 import requests
+from fixtures.installer.standin import STANDIN_SCRIPT
 from support.sim import SimulatorProcess
+
+from ollama_watchdog.simulator.gguf import gguf_header
 
 T = 15  # generous request timeout: waiting, never asserting on speed
 GIN_RE = re.compile(
@@ -517,3 +522,274 @@ def test_port_zero_is_allowed(simulator: SimulatorProcess) -> None:
     # The harness starts with --listen 127.0.0.1:0; the ready file names the real port.
     with socket.create_connection(("127.0.0.1", simulator.port), timeout=T):
         pass
+
+
+# -- blobs and create (the server side of `ollama create`, FACTS.md §1.4, §5) ----------------
+
+#: A GGUF with real metadata: 4096 x 32000 + 4096 elements → "131.08M", file type 15 → Q4_K_M.
+WEIGHTS = gguf_header("llama", 15, ((4096, 32000), (4096,)))
+WEIGHTS_DIGEST = "sha256:" + hashlib.sha256(WEIGHTS).hexdigest()
+
+
+def blobs_dir(sim: SimulatorProcess) -> Path:
+    return sim.work_dir / "models" / "blobs"
+
+
+def upload(sim: SimulatorProcess, data: bytes, digest: str | None = None) -> requests.Response:
+    digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
+    return requests.post(f"{sim.url}/api/blobs/{digest}", data=data, timeout=T)
+
+
+def ndjson(response: requests.Response) -> list[dict[str, Any]]:
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_blob_head_is_404_until_uploaded_then_post_is_201_then_200(
+    shared_sim: SimulatorProcess,
+) -> None:
+    data = b"GGUF\x03\x00\x00\x00 a blob only this test uploads"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    head = requests.head(f"{shared_sim.url}/api/blobs/{digest}", timeout=T)
+    assert head.status_code == 404 and head.content == b""  # HEAD answers carry no body
+    created, again = upload(shared_sim, data), upload(shared_sim, data)
+    assert (created.status_code, again.status_code) == (201, 200)
+    assert requests.head(f"{shared_sim.url}/api/blobs/{digest}", timeout=T).status_code == 200
+    stored = blobs_dir(shared_sim) / digest.replace(":", "-")
+    assert stored.read_bytes() == data
+    assert stored.stat().st_mode & 0o777 == 0o644
+    shared_sim.wait_for_log(rf'\| 404 \|.*\| HEAD     "/api/blobs/{digest}"$')
+    shared_sim.wait_for_log(rf'\| 201 \|.*\| POST     "/api/blobs/{digest}"$')
+
+
+def test_blob_upload_with_a_wrong_digest_is_refused(shared_sim: SimulatorProcess) -> None:
+    data = b"the bytes that were really sent"
+    claimed = "sha256:" + "ab" * 32
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    response = upload(shared_sim, data, claimed)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f'digest mismatch, expected "{claimed}", got "{actual}"'}
+    assert requests.head(f"{shared_sim.url}/api/blobs/{claimed}", timeout=T).status_code == 404
+    # No temp file is left behind: blobs/ holds only digest-named files.
+    assert all(re.fullmatch(r"sha256-[0-9a-f]{64}", p.name)
+               for p in blobs_dir(shared_sim).iterdir())
+
+
+def test_blob_routes_refuse_a_malformed_digest(shared_sim: SimulatorProcess) -> None:
+    for bad in ("sha256:1234", "md5:" + "0" * 32, "sha256:" + "g" * 64):
+        posted = upload(shared_sim, b"x", bad)
+        assert (posted.status_code, posted.json()) == (400, {"error": "invalid digest format"})
+        assert requests.head(f"{shared_sim.url}/api/blobs/{bad}", timeout=T).status_code == 400
+
+
+def test_blob_upload_streams_a_chunked_body_of_several_mebibytes(
+    shared_sim: SimulatorProcess,
+) -> None:
+    pieces = [hashlib.sha256(bytes([i])).digest() * 40_000 for i in range(3)]  # ~3.7 MiB
+    data = b"".join(pieces)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    # A generator body makes requests send Transfer-Encoding: chunked.
+    response = requests.post(f"{shared_sim.url}/api/blobs/{digest}", data=iter(pieces),
+                             timeout=T)
+    assert response.status_code == 201
+    assert (blobs_dir(shared_sim) / digest.replace(":", "-")).read_bytes() == data
+
+
+def test_create_from_an_uploaded_gguf_writes_a_real_store_and_lists_the_model(
+    simulator: SimulatorProcess,
+) -> None:
+    assert upload(simulator, WEIGHTS).status_code == 201
+    request = {
+        "model": "support-bot",
+        "files": {"model.gguf": WEIGHTS_DIGEST},
+        "template": "{{ .System }} {{ .Prompt }}",
+        "system": "You answer support questions.",
+        "parameters": {"temperature": 0.2, "stop": ["<|end|>"], "num_ctx": 8192},
+        "messages": [{"role": "user", "content": "hello"}],
+        "license": ["MIT", "Apache-2.0"],
+    }
+    response = post(simulator, "/api/create", request)
+    assert response.status_code == 200
+    statuses = [line["status"] for line in ndjson(response)]
+    assert statuses[:2] == ["parsing GGUF", f"using existing layer {WEIGHTS_DIGEST}"]
+    assert statuses[-2:] == ["writing manifest", "success"]
+    new_layers = statuses[2:-2]
+    assert len(new_layers) == 6  # template, system, 2 licenses, params, messages
+    assert all(re.fullmatch(r"creating new layer sha256:[0-9a-f]{64}", s) for s in new_layers)
+
+    models = simulator.work_dir / "models"
+    raw = (models / "manifests" / "registry.ollama.ai" / "library" / "support-bot" / "latest"
+           ).read_bytes()
+    assert raw.endswith(b"}\n")  # Go's json.Encoder
+    manifest = json.loads(raw)
+    assert manifest["schemaVersion"] == 2
+    media = [layer["mediaType"].rsplit(".", 1)[1] for layer in manifest["layers"]]
+    assert media == ["model", "template", "system", "license", "license", "params", "messages"]
+    assert manifest["layers"][0]["digest"] == WEIGHTS_DIGEST
+    assert manifest["layers"][0]["from"] == "model.gguf"
+
+    def blob(digest: str) -> bytes:
+        return (models / "blobs" / digest.replace(":", "-")).read_bytes()
+
+    for ref in [manifest["config"], *manifest["layers"]]:
+        data = blob(ref["digest"])
+        assert ref["size"] == len(data)
+        assert ref["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    by_media = {m: blob(layer["digest"]) for m, layer in zip(media, manifest["layers"],
+                                                               strict=True)}
+    assert by_media["template"] == b"{{ .System }} {{ .Prompt }}"
+    assert json.loads(by_media["params"]) == request["parameters"]
+    assert json.loads(by_media["messages"]) == request["messages"]
+    config = json.loads(blob(manifest["config"]["digest"]))
+    assert (config["model_format"], config["model_family"], config["model_type"],
+            config["file_type"]) == ("gguf", "llama", "131.08M", "Q4_K_M")
+
+    listed = requests.get(simulator.url + "/api/tags", timeout=T).json()["models"]
+    assert listed[0]["name"] == "support-bot:latest"  # newest first
+    assert listed[0]["digest"] == hashlib.sha256(raw).hexdigest()
+    assert listed[0]["size"] == manifest["config"]["size"] + sum(
+        layer["size"] for layer in manifest["layers"])
+    assert listed[0]["details"]["quantization_level"] == "Q4_K_M"
+    # The created model loads like any other: a runner child on the uploaded GGUF.
+    generated = post(simulator, "/api/generate",
+                     {"model": "support-bot", "prompt": "hi", "stream": False})
+    assert generated.status_code == 200 and generated.json()["done"] is True
+    argv = runner_children(simulator)[0].cmdline()
+    assert argv[argv.index("--model") + 1] == str(models / "blobs" / WEIGHTS_DIGEST.replace(
+        ":", "-"))
+    # ... and the project's own store verifier finds the new store sound.
+    verify = subprocess.run(
+        [sys.executable, "-m", "ollama_watchdog", "models", "verify", "--models-dir",
+         str(models)], capture_output=True, text=True, timeout=120, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    simulator.wait_for_log(r'\| 200 \|.*\| POST     "/api/create"$')
+
+
+def test_create_again_reuses_every_layer_and_stream_false_answers_once(
+    simulator: SimulatorProcess,
+) -> None:
+    upload(simulator, WEIGHTS)
+    request = {"model": "bot:v1", "files": {"w.gguf": WEIGHTS_DIGEST}, "system": "short"}
+    ndjson(post(simulator, "/api/create", request))
+    again = post(simulator, "/api/create", dict(request, stream=False))
+    assert again.status_code == 200
+    assert again.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert again.content == b'{"status":"success"}'
+    streamed = [line["status"] for line in ndjson(post(simulator, "/api/create", request))]
+    assert not any(s.startswith("creating new layer") for s in streamed), streamed
+    names = [m["name"] for m in requests.get(simulator.url + "/api/tags", timeout=T).json()[
+        "models"]]
+    assert names.count("bot:v1") == 1
+
+
+def test_create_refuses_bad_requests_before_streaming(shared_sim: SimulatorProcess) -> None:
+    missing = "sha256:" + "1" * 64
+    cases: list[tuple[Any, str]] = [
+        ({"model": "bad name!", "files": {"m.gguf": WEIGHTS_DIGEST}}, "invalid model name"),
+        ({"model": "x"}, "neither 'from' or 'files' was specified"),
+        ({"model": "x", "files": {"m.gguf": "sha256:12"}},
+         "invalid digest for m.gguf: invalid digest format"),
+        ({"model": "x", "files": {"/etc/m.gguf": WEIGHTS_DIGEST}},
+         "file path must be relative: /etc/m.gguf"),
+        ({"model": "x", "files": {"weights": missing}},
+         f"blob not found for weights (digest {missing}): open "
+         f"{blobs_dir(shared_sim) / missing.replace(':', '-')}: no such file or directory"),
+    ]
+    for body, error in cases:
+        response = post(shared_sim, "/api/create", body)
+        assert (response.status_code, response.json()) == (400, {"error": error}), body
+    empty = requests.post(shared_sim.url + "/api/create", timeout=T)
+    assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
+    listed = [m["name"] for m in requests.get(shared_sim.url + "/api/tags", timeout=T).json()[
+        "models"]]
+    assert "x:latest" not in listed
+
+
+def test_create_of_a_file_that_is_not_gguf(shared_sim: SimulatorProcess) -> None:
+    not_gguf = b"PK\x03\x04 a zip, not weights"
+    upload(shared_sim, not_gguf)
+    digest = "sha256:" + hashlib.sha256(not_gguf).hexdigest()
+    # Named .gguf: the header parse fails after "parsing GGUF" went out.
+    streamed = post(shared_sim, "/api/create", {"model": "nope", "files": {"a.gguf": digest}})
+    assert streamed.status_code == 200
+    assert ndjson(streamed) == [{"status": "parsing GGUF"}, {"error": "invalid file magic"}]
+    single = post(shared_sim, "/api/create",
+                  {"model": "nope", "files": {"a.gguf": digest}, "stream": False})
+    assert (single.status_code, single.json()) == (500, {"error": "invalid file magic"})
+    # No extension: the magic decides the type before any progress.
+    unknown = post(shared_sim, "/api/create", {"model": "nope", "files": {"a": digest}})
+    assert (unknown.status_code, unknown.json()) == (400, {"error": "unknown type"})
+    assert not (shared_sim.work_dir / "models" / "manifests" / "registry.ollama.ai" / "library"
+                / "nope").exists()
+
+
+def test_create_from_an_existing_model_adds_a_layer(simulator: SimulatorProcess) -> None:
+    base = json.loads((simulator.work_dir / "models" / "manifests" / "registry.ollama.ai"
+                       / "library" / "llama3.2" / "latest").read_bytes())
+    lines = ndjson(post(simulator, "/api/create",
+                        {"model": "llama3.2-terse", "from": "llama3.2", "system": "Be terse."}))
+    statuses = [line["status"] for line in lines]
+    assert statuses[:len(base["layers"])] == [
+        f"using existing layer {layer['digest']}" for layer in base["layers"]]
+    assert statuses[len(base["layers"])].startswith("creating new layer sha256:")
+    assert statuses[-1] == "success"
+    shown = post(simulator, "/api/show", {"model": "llama3.2-terse"})
+    assert shown.status_code == 200
+    assert shown.json()["details"]["family"] == "llama"
+    offline = post(simulator, "/api/create",
+                   {"model": "y", "from": "not-here:7b", "stream": False})
+    assert offline.status_code == 500
+    assert offline.json()["error"].startswith("pull model manifest: ")
+
+
+def test_go_runner_era_records_the_blob_path_as_the_layer_source(
+    simulator_factory: Callable[..., SimulatorProcess],
+) -> None:
+    sim = simulator_factory("--era", "go-runner")
+    upload(sim, WEIGHTS)
+    post(sim, "/api/create", {"model": "old", "files": {"m.gguf": WEIGHTS_DIGEST},
+                              "stream": False}).raise_for_status()
+    manifest = json.loads((sim.work_dir / "models" / "manifests" / "registry.ollama.ai"
+                           / "library" / "old" / "latest").read_bytes())
+    assert manifest["layers"][0]["from"] == str(blobs_dir(sim) / WEIGHTS_DIGEST.replace(":", "-"))
+
+
+def test_the_standin_cli_creates_a_model_from_a_modelfile(
+    simulator: SimulatorProcess, tmp_path: Path,
+) -> None:
+    """The installer's path: `ollama create NAME -f Modelfile` (stand-in CLI) over HTTP."""
+    (tmp_path / "model.gguf").write_bytes(WEIGHTS)
+    (tmp_path / "Modelfile").write_text(
+        "# the bundle's Modelfile\n"
+        "FROM ./model.gguf\n"
+        'TEMPLATE """{{ .System }}\n{{ .Prompt }}"""\n'
+        "SYSTEM You are the plant's maintenance assistant.\n"
+        "PARAMETER temperature 0.3\n"
+        'PARAMETER stop "<|end|>"\n'
+        'PARAMETER stop "<|user|>"\n'
+        "MESSAGE user Where is pump 3?\n"
+        "LICENSE internal use only\n")
+    env = dict(os.environ, OLLAMA_HOST=simulator.url.removeprefix("http://"))
+    result = subprocess.run(
+        [sys.executable, str(STANDIN_SCRIPT), "create", "plant/assistant:v2", "-f",
+         str(tmp_path / "Modelfile")], env=env, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "success"
+    show = post(simulator, "/api/show", {"model": "plant/assistant:v2"})
+    assert show.status_code == 200
+    manifest = json.loads((simulator.work_dir / "models" / "manifests" / "registry.ollama.ai"
+                           / "plant" / "assistant" / "v2").read_bytes())
+    layers = {layer["mediaType"].rsplit(".", 1)[1]: layer for layer in manifest["layers"]}
+    params = (blobs_dir(simulator) / layers["params"]["digest"].replace(":", "-")).read_bytes()
+    assert json.loads(params) == {"stop": ["<|end|>", "<|user|>"], "temperature": 0.3}
+    template = blobs_dir(simulator) / layers["template"]["digest"].replace(":", "-")
+    assert template.read_text() == "{{ .System }}\n{{ .Prompt }}"
+    # A second run uploads nothing new: the blob is already there (HEAD 200).
+    again = subprocess.run(
+        [sys.executable, str(STANDIN_SCRIPT), "create", "plant/assistant:v2", "-f",
+         str(tmp_path / "Modelfile")], env=env, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert again.returncode == 0, again.stderr
+    assert simulator.stdout_text().count('POST     "/api/blobs/') == 1
