@@ -443,12 +443,20 @@ class Container:
             if time.monotonic() > deadline:
                 raise HarnessError("container systemd did not appear")
             time.sleep(0.1)
-        remaining = max(5.0, deadline - time.monotonic())
-        state = self.run(
-            ["systemctl", "is-system-running", "--wait"], timeout=remaining, check=False
-        ).stdout.strip()
+        # PID 1 may not have its bus socket yet: "Failed to connect to bus" leaves no state.
+        state, err = "", ""
+        while not state:
+            remaining = max(5.0, deadline - time.monotonic())
+            r = self.run(
+                ["systemctl", "is-system-running", "--wait"], timeout=remaining, check=False
+            )
+            state, err = r.stdout.strip(), r.stderr.strip()
+            if not state:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         if state not in {"running", "degraded"}:
-            raise HarnessError(f"boot ended in state {state!r}:\n{self.console_text()}")
+            raise HarnessError(f"boot ended in state {state!r} ({err}):\n{self.console_text()}")
 
     def run(
         self,
@@ -531,8 +539,9 @@ class Container:
     ) -> str:
         """The container's journal, read from the tree with the host's ``journalctl -D``.
 
-        ``matches`` are journalctl field matches (``"UNIT=ollama.service"``). Works after
-        poweroff too, so failure reports still have it.
+        ``matches`` are journalctl field matches (``"UNIT=ollama.service"``); do not combine
+        them or ``unit`` with ``since_cursor`` (see ``journal_entries``). Works after poweroff
+        too, so failure reports still have it.
         """
         args = [
             "journalctl",
@@ -555,13 +564,29 @@ class Container:
     def journal_entries(
         self, *matches: str, unit: str | None = None, since_cursor: str | None = None
     ) -> list[dict[str, Any]]:
-        """Journal entries as journald's JSON objects (fields such as MESSAGE, UNIT)."""
-        text = self.journal(*matches, unit=unit, since_cursor=since_cursor, output="json")
+        """Journal entries as journald's JSON objects (fields such as MESSAGE, UNIT).
+
+        ``matches`` (``"FIELD=value"``, all must hold) and ``unit`` (the unit's own lines and
+        systemd's lines about it) are applied here, not by journalctl: journalctl 252 returns
+        nothing for ``--after-cursor`` combined with matches the cursor's entry does not meet.
+        """
+        text = self.journal(since_cursor=since_cursor, output="json")
+        wanted = [m.split("=", 1) for m in matches]
         entries: list[dict[str, Any]] = []
         for line in text.splitlines():
-            if line.startswith("{"):
-                entries.append(json.loads(line))
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if unit and unit not in (entry.get("_SYSTEMD_UNIT"), entry.get("UNIT")):
+                continue
+            if all(entry.get(field) == value for field, value in wanted):
+                entries.append(entry)
         return entries
+
+    def journal_messages(self, *, unit: str | None = None, since_cursor: str | None = None) -> str:
+        """MESSAGE of each entry, one a line (see ``journal_entries`` for the filters)."""
+        entries = self.journal_entries(unit=unit, since_cursor=since_cursor)
+        return "\n".join(str(e.get("MESSAGE", "")) for e in entries)
 
     def journal_cursor(self) -> str:
         """Cursor of the newest entry now: pass it as ``since_cursor`` to see only what follows."""

@@ -32,16 +32,19 @@ MODELS_DIR = "/usr/share/ollama/.ollama/models"
 STAND_IN_OLLAMA = f"""#!{VENV}/bin/python
 # Stand-in for the ollama binary in system tests: `ollama serve` runs our simulator, which
 # speaks Ollama's API and writes Ollama's log lines to stdout/stderr (journald, via the unit).
+import argparse
 import os
 import sys
 
-from ollama_watchdog.cli import main
+from ollama_watchdog.simulator import add_arguments, main
 
 if sys.argv[1:2] != ["serve"]:
     sys.stderr.write("stand-in ollama: only 'serve' is implemented\\n")
     sys.exit(2)
+parser = argparse.ArgumentParser(prog="ollama serve")
+add_arguments(parser)
 host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434")
-sys.exit(main(["simulate", "--listen", host, "--control", "127.0.0.1:11435"]))
+sys.exit(main(parser.parse_args(["--listen", host, "--control", "127.0.0.1:11435"])))
 """
 
 

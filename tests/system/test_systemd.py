@@ -202,7 +202,7 @@ def test_hung_ollama_is_restarted_and_the_counts_agree(container: Container) -> 
     assert after.get("ollama_watchdog_last_restart_timestamp_seconds{}", 0) > 0
     # It was the watchdog (through polkit), not systemd's Restart=, that restarted Ollama.
     assert prop(c, OLLAMA_UNIT, "NRestarts") == "0"
-    log = c.journal(unit=WATCHDOG_UNIT, since_cursor=since)
+    log = c.journal_messages(unit=WATCHDOG_UNIT, since_cursor=since)
     assert "Interactive authentication required" not in log
 
 
@@ -229,7 +229,7 @@ def test_frozen_watchdog_is_killed_and_restarted_by_systemd(container: Container
             ),
             timeout=120,
         )
-        log = c.journal(unit=WATCHDOG_UNIT, since_cursor=since)
+        log = c.journal_messages(unit=WATCHDOG_UNIT, since_cursor=since)
         assert "Watchdog timeout" in log
         assert int(prop(c, WATCHDOG_UNIT, "NRestarts")) == restarts + 1
         wait_for("the new watchdog to report healthy", lambda: watchdog_healthy(c))
@@ -254,7 +254,7 @@ def test_bad_config_key_fails_with_78_and_is_not_restarted(container: Container)
         assert prop(c, WATCHDOG_UNIT, "ActiveState") == "failed"
         assert prop(c, WATCHDOG_UNIT, "SubState") == "failed"
         assert int(prop(c, WATCHDOG_UNIT, "NRestarts")) == restarts
-        log = c.journal(unit=WATCHDOG_UNIT, since_cursor=since)
+        log = c.journal_messages(unit=WATCHDOG_UNIT, since_cursor=since)
         assert "enabeld" in log, "the error line must name the bad key"
     finally:
         c.write_file(CONFIG_PATH, config_toml())
