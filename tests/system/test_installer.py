@@ -1,11 +1,13 @@
 """The offline installer end to end, in a booted bookworm with no network at all.
 
 A bundle is built on the host by installer/make-bundle.sh from a stand-in Ollama release archive
-(``.tar.zst`` whose ``bin/ollama`` runs our simulator), the real wheelhouse and a models backup
-made by ``ollama-watchdog models backup``; the container (``--private-network``) gets only the
-bundle and runs installer/install.sh as root. The tests run in file order against one
-container: refusal of a tampered bundle on the pristine system, the install, the no-op second
-run, then uninstall and purge.
+(``.tar.zst`` whose ``bin/ollama`` runs our simulator), the real wheelhouse, a models backup
+made by ``ollama-watchdog models backup``, and a GGUF file with its Modelfile (created on the
+target by ``ollama create`` against the running server, as the real CLI does it over HTTP); the
+container (``--private-network``) gets only the bundle and runs installer/install.sh as root.
+The tests run in file order against one container: refusal of a tampered bundle on the
+pristine system, the install, the created GGUF model, the no-op second run, then uninstall
+and purge.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from nspawn import BASE_PACKAGES, Container, HarnessError, build_base_rootfs, pr
 from support.tools import missing, require_tool
 
 from ollama_watchdog.simulator.catalog import read_store, write_fake_store
+from ollama_watchdog.simulator.gguf import gguf_header
 
 pytestmark = pytest.mark.system
 
@@ -32,6 +35,16 @@ TAMPERED_IN = "/root/tampered"
 INSTALL_LOG = "/var/log/ollama-watchdog-install.log"
 MODELS_DIR = "/usr/share/ollama/.ollama/models"
 UNITS = ("ollama.service", "ollama-watchdog.service")
+GGUF_MODEL = "plant/assistant:v1"
+GGUF_MANIFEST = f"{MODELS_DIR}/manifests/registry.ollama.ai/plant/assistant/v1"
+# The admin's Modelfile: its FROM is re-pointed at the bundled file by make-bundle.sh.
+MODELFILE = (
+    "FROM /home/admin/downloads/assistant-q4.gguf\n"
+    'TEMPLATE """{{ .System }}\n{{ .Prompt }}"""\n'
+    "SYSTEM You are the plant's maintenance assistant.\n"
+    "PARAMETER temperature 0.3\n"
+    'PARAMETER stop "<|end|>"\n'
+)
 # Everything install.sh creates; none of it may exist after a refused run.
 INSTALLED_PATHS = (
     "/usr/local/bin/ollama",
@@ -62,12 +75,18 @@ def bundle(
     work = tmp_path_factory.mktemp("installer")
     archive = build_tar_zst(work / "ollama-linux-amd64.tar.zst", zstd)
     store, _ = model_names
+    # A valid GGUF header (llama, Q4_K_M, one 256x256 tensor) is all that create reads.
+    gguf = work / "assistant-q4.gguf"
+    gguf.write_bytes(gguf_header("llama", 15, ((256, 256),)))
+    modelfile = work / "Modelfile"
+    modelfile.write_text(MODELFILE)
     out = work / "bundle"
     venv_bin = project_root() / ".venv" / "bin"
     result = subprocess.run(
         [str(project_root() / "installer" / "make-bundle.sh"),
          "--ollama-archive", str(archive), "--ollama-version", "0.32.15",
-         "--models-from", str(store), "--output", str(out)],
+         "--models-from", str(store), "--gguf", f"{GGUF_MODEL}={gguf}",
+         "--modelfile", f"{GGUF_MODEL}={modelfile}", "--output", str(out)],
         capture_output=True, text=True, timeout=900, check=False,
         env=dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}"),
     )  # fmt: skip
@@ -156,7 +175,7 @@ def test_install_starts_both_services_and_lists_the_restored_models(
     status, body = container.http("GET", "http://127.0.0.1:11434/api/tags")
     assert status == 200, body
     listed = sorted(m["name"] for m in json.loads(body)["models"])
-    assert listed == model_names[1]
+    assert listed == sorted([*model_names[1], GGUF_MODEL])
     status, metrics = container.http("GET", "http://127.0.0.1:9778/metrics")
     assert status == 200
     assert "ollama_up 1.0" in metrics
@@ -173,7 +192,35 @@ def test_install_starts_both_services_and_lists_the_restored_models(
     assert owner == "ollama"
     log = sh(container, "cat", INSTALL_LOG)[1]
     assert "change: installing Ollama 0.32.15" in log
+    assert f"change: create model {GGUF_MODEL} (ollama create)" in log
     assert "done:" in log
+
+
+def test_the_gguf_model_was_created_from_its_modelfile(container: Container) -> None:
+    """The GGUF path: the server wrote the model from the bundled file and the Modelfile."""
+    rc, raw = sh(container, "cat", GGUF_MANIFEST)
+    assert rc == 0, raw
+    layers = {layer["mediaType"].rsplit(".", 1)[1]: layer["digest"]
+              for layer in json.loads(raw)["layers"]}
+    assert set(layers) == {"model", "template", "system", "params"}
+    bundled = sh(container, "sha256sum", f"{BUNDLE_IN}/models/gguf/plant_assistant_v1/model.gguf")
+    assert layers["model"] == "sha256:" + bundled[1].split()[0]
+
+    def blob(digest: str) -> str:
+        return sh(container, "cat", f"{MODELS_DIR}/blobs/{digest.replace(':', '-')}")[1]
+
+    assert blob(layers["system"]) == "You are the plant's maintenance assistant."
+    assert json.loads(blob(layers["params"])) == {"stop": ["<|end|>"], "temperature": 0.3}
+    # Written by the server, so owned by its user; and the store is sound by our verifier.
+    assert sh(container, "stat", "-c", "%U", GGUF_MANIFEST)[1].strip() == "ollama"
+    rc, out = sh(container, "/opt/ollama-watchdog/venv/bin/ollama-watchdog", "models", "verify",
+                 "--models-dir", MODELS_DIR, timeout=120)
+    assert rc == 0, out
+    request = {"model": GGUF_MODEL, "prompt": "status of pump 3?", "stream": False}
+    status, body = container.http("POST", "http://127.0.0.1:11434/api/generate",
+                                  body=json.dumps(request).encode(), timeout=60)
+    assert status == 200, body
+    assert json.loads(body)["done"] is True
 
 
 def test_second_run_changes_nothing(container: Container) -> None:
