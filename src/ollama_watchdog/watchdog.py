@@ -402,6 +402,8 @@ class WatchdogPolicy:
 
     def _consider_restart(self, reason: Reason, before: State, now: float) -> Decision:
         cfg = self._cfg
+        # failures are not counted inside the grace, so the last test is a second line of
+        # defence for the promise "never a restart during startup_grace"
         if not cfg.enabled or self._gave_up or now < self._grace_until:
             return self._decide(before, now)
         while self._restart_times and now - self._restart_times[0] >= cfg.restart_window:
@@ -727,16 +729,17 @@ class Watchdog:
         self._result: tuple[RestartOutcome, float] | None = None
 
     def observe_liveness(self, ok: bool, error: str | None = None) -> Decision:
-        self._collect_outcome()
+        self._report_finished_restart()
         return self._handle(self.policy.observe_liveness(ok, error, self._clock()))
 
     def observe_deep(self, ok: bool, error: str | None = None) -> Decision:
-        self._collect_outcome()
+        self._report_finished_restart()
         return self._handle(self.policy.observe_deep(ok, error, self._clock()))
 
     def tick(self) -> Decision:
         """Call once per loop: reports a finished restart and time-driven state changes."""
-        return self._handle(self._collect_outcome() or self.policy.tick(self._clock()))
+        finished = self._report_finished_restart()
+        return finished or self._handle(self.policy.tick(self._clock()))
 
     def wait_for_restart(self, timeout: float) -> bool:
         """Wait until no restart command is running; True if none is. For shutdown and tests."""
@@ -757,6 +760,11 @@ class Watchdog:
 
     def collect(self) -> list[Metric]:
         return policy_metrics(self.snapshot(), self._last_restart_wall)
+
+    def _report_finished_restart(self) -> Decision | None:
+        """Feed a finished restart to the policy (and log it) before anything else happens."""
+        finished = self._collect_outcome()
+        return None if finished is None else self._handle(finished)
 
     def _collect_outcome(self) -> Decision | None:
         worker = self._worker

@@ -319,3 +319,22 @@ def test_watchdog_state_metric_follows_the_policy() -> None:
     assert sample(wd, "ollama_watchdog_state", {"state": "gave_up"}) == 1.0
     assert sample(wd, "ollama_watchdog_restart_budget_remaining") == 0.0
     assert wd.status() == "gave up after 0 restarts in 30m; last error: refused"
+
+
+def test_a_finished_restart_is_logged_by_the_next_observation(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    config = quick_config(sh(f"while [ ! -e {go} ]; do sleep 0.05; done"), failure_threshold=1)
+    with capture_logs() as logs:
+        wd = Watchdog(config)
+        try:
+            assert wd.observe_liveness(False, "refused").restart
+        finally:
+            go.touch()
+        end = time.monotonic() + DEADLINE
+        while wd.snapshot().state is not State.HEALTHY and time.monotonic() < end:
+            wd.observe_liveness(True)
+            time.sleep(0.05)
+    assert wd.snapshot().state is State.HEALTHY
+    events = [e["event"] for e in logs]
+    assert events[-2:] == ["restart_finished", "watchdog_state_changed"]
+    assert events.count("restart_finished") == 1
