@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import requests
 from support.daemon import write_config
+from support.facts import REAL_LOGS
 from support.sim import SimulatorProcess
 
 from ollama_watchdog import doctor, ollama_env
 from ollama_watchdog.doctor import Finding, Level, Listener
 from ollama_watchdog.store import ModelStore
 
-REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
 SERVER_ARGV = ("/usr/local/bin/ollama", "serve")
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.facts import REAL_LOGS
 
 from ollama_watchdog.logparse import (
     LEVELS,
@@ -26,10 +26,6 @@ from ollama_watchdog.logparse import (
     parse_line,
 )
 from ollama_watchdog.routes import METHODS, OTHER, ROUTE_LABELS, ROUTES, route_label
-
-REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
-if not REAL_LOGS.exists():  # the repo's own copy, when the shared folder is not mounted
-    REAL_LOGS = Path(__file__).parents[1] / "fixtures" / "ollama" / "real-logs.txt"
 
 
 def excerpts() -> dict[str, list[str]]:

@@ -11,12 +11,12 @@ import os
 import re
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import requests
 from hypothesis import given
 from hypothesis import strategies as st
+from support.facts import REAL_LOGS
 from support.sim import SimulatorProcess
 
 from ollama_watchdog.simulator import (
@@ -28,7 +28,6 @@ from ollama_watchdog.simulator import (
     gin_latency,
 )
 
-REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
 GIN_RE = re.compile(
     r'\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|'
     r' ([A-Z]+) +"((?:[^"\\]|\\.)*)"'
