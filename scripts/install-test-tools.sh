@@ -11,6 +11,9 @@ packages=(
   curl              # TLS client in the exporter-security tests
   openssl           # certificates for the TLS tests
   zstd              # release archives (.tar.zst)
+  systemd           # systemd-analyze verify/security, systemd-sysusers
+  polkitd           # the polkit rule is run in polkitd's own JavaScript set-up
+  util-linux        # setpriv: installer dry-runs as an unprivileged user
 )
 missing=()
 for p in "${packages[@]}"; do
