@@ -36,8 +36,12 @@ from .config import (
 class SimulatorSupervisor:
     """Keeps one simulator process running, like systemd's Restart=always."""
 
-    def __init__(self, listen: str, control: str, workdir: Path) -> None:
+    def __init__(
+        self, listen: str, control: str, workdir: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.listen = listen
+        #: extra simulator arguments for the next start (tests change them: a crash loop, a fix)
+        self.args = args
         self.control = control
         self.pidfile = workdir / "simulator.pid"
         self.logfile = workdir / "ollama.log"
@@ -67,6 +71,7 @@ class SimulatorSupervisor:
                     str(self.simdir),
                     "--ready-file",
                     str(self.readyfile),
+                    *self.args,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -98,7 +103,8 @@ class SimulatorSupervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            self._thread.join(2)
         proc = self._proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
