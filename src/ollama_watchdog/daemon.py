@@ -89,10 +89,16 @@ class CollectorRunner:
         self._thread.join(timeout)
 
     def _loop(self) -> None:
+        # fixed cadence, start to start (a slow run does not push every later one back), so
+        # failure_threshold failed probes take failure_threshold x interval, as documented
+        next_run = time.monotonic()
         while not (self._stop.is_set() or self._halt.is_set()):
             self._run_once()
-            self._wake.wait(self.item.interval)
-            self._wake.clear()
+            next_run = max(next_run + self.item.interval, time.monotonic())
+            self._wake.wait(max(0.0, next_run - time.monotonic()))
+            if self._wake.is_set():
+                self._wake.clear()
+                next_run = time.monotonic()
 
     def _run_once(self) -> None:
         start = time.monotonic()

@@ -1,0 +1,149 @@
+"""Scrape latency and daemon memory (issue 2's benchmark; run on demand, not a test).
+
+1. Scrape latency: the simulator with 50 models loaded (50 runner children, 50 entries in
+   /api/ps), the daemon probing it; 1000 scrapes of /metrics while Ollama is healthy, then 1000
+   while the simulator is hung (every probe then waits its full timeout). p50/p99 in ms.
+2. Memory: the daemon probing the simulator as fast as it can (interval 1 ms) for 10 000 probe
+   rounds; its RSS sampled every 1000 rounds (rounds counted from the simulator's own request
+   log: one GET /api/version per round).
+
+    python benchmarks/scrape.py [--scrapes 1000] [--rounds 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.daemon import DaemonProcess, quick_config  # noqa: E402
+from support.sim import SimulatorProcess  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def scrape_series(url: str, n: int) -> list[float]:
+    session = requests.Session()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = session.get(url + "/metrics", timeout=10)
+        r.raise_for_status()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def load_models(sim: SimulatorProcess, n: int) -> int:
+    tags = requests.get(sim.url + "/api/tags", timeout=10).json()["models"]
+    names = [m["name"] for m in tags if "completion" in m.get("capabilities", ["completion"])][:n]
+    for name in names:
+        requests.post(
+            sim.url + "/api/generate",
+            json={"model": name, "prompt": "", "keep_alive": "1h"},
+            timeout=60,
+        ).raise_for_status()
+    return len(requests.get(sim.url + "/api/ps", timeout=10).json()["models"])
+
+
+def bench_scrapes(tmp: Path, scrapes: int) -> dict[str, object]:
+    sim = SimulatorProcess(tmp / "sim", ["--models", "60", "--token-delay", "0"]).start()
+    try:
+        loaded = load_models(sim, 50)
+        cfg = quick_config(sim.url, tmp, ollama={"timeout": "5s"}, probe={"interval": "1s"})
+        with DaemonProcess(cfg, tmp) as d:
+            d.wait_value("ollama_models_loaded", float(loaded), timeout=60)
+            size = len(d.metrics_text().encode())
+            series = sum(1 for line in d.metrics_text().splitlines() if not line.startswith("#"))
+            healthy = scrape_series(d.url, scrapes)
+            sim.set_fault("hang")
+            d.wait_value("ollama_up", 0.0, timeout=60)
+            hung = scrape_series(d.url, scrapes)
+    finally:
+        sim.stop()
+    return {
+        "models_loaded": loaded,
+        "scrape_bytes_healthy": size,
+        "series_healthy": series,
+        "healthy_p50_ms": round(statistics.median(healthy), 3),
+        "healthy_p99_ms": round(percentile(healthy, 99), 3),
+        "hung_p50_ms": round(statistics.median(hung), 3),
+        "hung_p99_ms": round(percentile(hung, 99), 3),
+        "hung_max_ms": round(max(hung), 3),
+    }
+
+
+def bench_memory(tmp: Path, rounds: int) -> dict[str, object]:
+    sim = SimulatorProcess(tmp / "simmem", ["--models", "3"]).start()
+    try:
+        cfg = quick_config(
+            sim.url,
+            tmp,
+            probe={"interval": "1ms"},
+            logs={"source": "none"},
+            gpu={"enabled": "false"},
+        )
+        d = DaemonProcess(cfg, tmp).start()
+        try:
+            assert d.proc is not None
+            proc = psutil.Process(d.proc.pid)
+            samples: list[tuple[int, float]] = []
+            next_mark = 1000
+            start = time.monotonic()
+            while next_mark <= rounds:
+                done = sim.stdout_text().count('"/api/version"')
+                if done >= next_mark:
+                    samples.append((done, proc.memory_info().rss / 2**20))
+                    next_mark += 1000
+                else:
+                    time.sleep(0.5)
+                if time.monotonic() - start > 3600:
+                    break
+            elapsed = time.monotonic() - start
+        finally:
+            d.stop()
+    finally:
+        sim.stop()
+    return {
+        "rounds": samples[-1][0] if samples else 0,
+        "seconds": round(elapsed, 1),
+        "rss_mib_by_round": [(r, round(m, 1)) for r, m in samples],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scrapes", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=10000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        result = {
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}",
+            "scrape": bench_scrapes(tmp, args.scrapes),
+            "memory": bench_memory(tmp, args.rounds),
+        }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    raise SystemExit(main())
