@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
+from support.registry import registry_of
 
-from ollama_watchdog.collectors import Collector
 from ollama_watchdog.collectors.gpu import (
     GpuCollector,
     NvmlDeadlineExceeded,
@@ -167,23 +166,6 @@ class FakeNvml:
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeGpu) -> int:
         return self._dev(h, "energy").energy_mj
-
-
-class _Static:
-    def __init__(self, fams: Sequence[Metric]) -> None:
-        self._fams = fams
-
-    def collect(self) -> Sequence[Metric]:
-        return self._fams
-
-    def describe(self) -> list[Metric]:
-        return []
-
-
-def registry_of(collector: Collector) -> CollectorRegistry:
-    reg = CollectorRegistry()
-    reg.register(_Static(collector.collect()))
-    return reg
 
 
 class Clock:

@@ -11,12 +11,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
+from support.registry import registry_of
 
 from ollama_watchdog.collectors.logs import (
     FileFollower,
@@ -27,25 +26,6 @@ from ollama_watchdog.collectors.logs import (
     ModelNames,
     decode_message,
 )
-
-
-class Adapter:
-    """Registers a collector's families into a registry without collecting on register."""
-
-    def __init__(self, families: Callable[[], Sequence[Metric]]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families()
-
-    def describe(self) -> list[Metric]:
-        return []
-
-
-def registry_of(families: Callable[[], Sequence[Metric]]) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(Adapter(families))
-    return registry
 
 
 def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

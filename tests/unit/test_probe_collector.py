@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client import generate_latest
+from support.registry import registry_of
 from support.sim import SimulatorProcess
 from support.tools import free_port
 
 from ollama_watchdog.collectors.probe import PROMPT, DeepProbeCollector, DeepProbeResult
 from ollama_watchdog.ollama_api import OllamaClient
-
-
-class Adapter:
-    """Registers a collector's families (describe() empty: registering never collects)."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families
-
-    def describe(self) -> list[Metric]:
-        return []
-
-
-def registry_of(families: Sequence[Metric]) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(Adapter(families))  # type: ignore[arg-type]
-    return registry
 
 
 @pytest.fixture

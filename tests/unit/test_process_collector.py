@@ -27,9 +27,8 @@ import psutil
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
+from support.registry import registry_of
 
-from ollama_watchdog.collectors import Collector
 from ollama_watchdog.collectors.process import (
     ProcessCollector,
     SystemdMainPid,
@@ -176,25 +175,6 @@ def models_dir(tmp_path: Path) -> Path:
     (d / "blobs" / ("sha256-" + "a" * 64)).write_bytes(b"x" * 1000)
     (d / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest").write_bytes(b"{}")
     return d
-
-
-class _Static:
-    """Registry adapter over families already collected (so reading never collects again)."""
-
-    def __init__(self, fams: Sequence[Metric]) -> None:
-        self._fams = fams
-
-    def collect(self) -> Sequence[Metric]:
-        return self._fams
-
-    def describe(self) -> list[Metric]:
-        return []
-
-
-def registry_of(collector: Collector) -> CollectorRegistry:
-    reg = CollectorRegistry()
-    reg.register(_Static(collector.collect()))
-    return reg
 
 
 def value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:

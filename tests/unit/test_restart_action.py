@@ -16,9 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
 from structlog.testing import capture_logs
+from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
 from ollama_watchdog.watchdog import (
@@ -198,21 +197,8 @@ def test_from_config_uses_command_and_timeout() -> None:
 # -- Watchdog: policy + action + logs + metrics -------------------------------------------------
 
 
-class _Families:
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families
-
-    def describe(self) -> list[Metric]:
-        return []
-
-
 def sample(watchdog: Watchdog, name: str, labels: dict[str, str] | None = None) -> float | None:
-    registry = CollectorRegistry()
-    registry.register(_Families(watchdog.collect()))
-    return registry.get_sample_value(name, labels or {})
+    return registry_of(watchdog).get_sample_value(name, labels or {})
 
 
 class FakeClock:

@@ -8,14 +8,12 @@ hypothesis choosing configurations, probe sequences and gaps between them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
+from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
 from ollama_watchdog.watchdog import (
@@ -471,29 +469,12 @@ def test_long_errors_are_cut_to_one_bounded_line() -> None:
 # -- metrics ----------------------------------------------------------------------------------
 
 
-class _Families:
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families
-
-    def describe(self) -> list[Metric]:
-        return []
-
-
-def registry_for(families: Sequence[Metric]) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(_Families(families))
-    return registry
-
-
 def test_metrics_from_a_snapshot() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1, max_restarts=5), 0.0)
     p.observe_liveness(False, ERR, 1.0)
     p.restart_finished(False, "exit status 1", 2.0)
     p.observe_liveness(False, ERR, 3.0)
-    reg = registry_for(policy_metrics(p.snapshot(3.0), 1_700_000_000.0))
+    reg = registry_of(policy_metrics(p.snapshot(3.0), 1_700_000_000.0))
     states = {s: reg.get_sample_value("ollama_watchdog_state", {"state": s}) for s in State}
     assert states == {s: (1.0 if s is State.BACKOFF else 0.0) for s in State}
     assert reg.get_sample_value("ollama_watchdog_restarts_total", {"reason": "liveness"}) == 1.0
@@ -507,7 +488,7 @@ def test_metrics_from_a_snapshot() -> None:
 
 
 def test_metrics_exist_before_any_restart() -> None:
-    reg = registry_for(policy_metrics(WatchdogPolicy(cfg(), 0.0).snapshot(0.0), None))
+    reg = registry_of(policy_metrics(WatchdogPolicy(cfg(), 0.0).snapshot(0.0), None))
     assert reg.get_sample_value("ollama_watchdog_state", {"state": "healthy"}) == 1.0
     assert reg.get_sample_value("ollama_watchdog_last_restart_timestamp_seconds") == 0.0
     assert reg.get_sample_value("ollama_watchdog_restart_failures_total") == 0.0
@@ -704,7 +685,7 @@ def test_exactly_one_state_is_exported(
         elif kind.startswith("finish"):
             p.restart_finished(kind == "finish_ok", ERR, now)
         snap = p.snapshot(now)
-        reg = registry_for(policy_metrics(snap, None))
+        reg = registry_of(policy_metrics(snap, None))
         values = [reg.get_sample_value("ollama_watchdog_state", {"state": s}) for s in State]
         assert values.count(1.0) == 1
         assert values.count(0.0) == len(State) - 1
