@@ -619,8 +619,11 @@ class JournalFollower(_Follower):
             if self._cursor
             else ["--lines=0"]  # first start: from the end, no history into counters
         )
+        # --merge: --follow otherwise keeps to the boot id journalctl reads from /proc, and a
+        # sandboxed service inside a container (ProtectKernelTunables=) sees the host's boot id,
+        # not the container's: journalctl would then match nothing and follow silently.
         return [*self.command, f"--unit={self.unit}", "--output=json", "--all", "--follow",
-                "--no-pager", *where]  # fmt: skip
+                "--merge", "--no-pager", *where]  # fmt: skip
 
     def _follow(self) -> None:
         proc = subprocess.Popen(
