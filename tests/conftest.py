@@ -9,6 +9,14 @@ from support.tools import free_port
 pytest_plugins = ["support.sim"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/fixtures/e2e-output.txt from the live exporter",
+    )
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()
