@@ -91,8 +91,17 @@ class SimulatorProcess:
             head = [sys.executable, str(script), "serve"]
         else:
             head = [sys.executable, "-m", "ollama_watchdog.simulator"]
-        cmd = [*head, "--listen", listen, "--control", control,
-               "--ready-file", str(self.ready_path), "--work-dir", str(self.work_dir)]
+        cmd = [
+            *head,
+            "--listen",
+            listen,
+            "--control",
+            control,
+            "--ready-file",
+            str(self.ready_path),
+            "--work-dir",
+            str(self.work_dir),
+        ]
         if self.log_file is not None:
             cmd += ["--log-file", str(self.log_file)]
         return cmd + self.args
@@ -105,9 +114,14 @@ class SimulatorProcess:
         env = dict(os.environ if self.env is None else self.env)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             # Own session: stop() can kill the simulator and its runner children as a group.
-            self.process = subprocess.Popen(self.command(), stdout=out, stderr=err,
-                                            stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         if wait:
             self.wait_ready()
         return self
@@ -171,8 +185,12 @@ class SimulatorProcess:
     def __enter__(self) -> SimulatorProcess:
         return self.start() if self.process is None else self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- faults ------------------------------------------------------------------------------
@@ -232,8 +250,9 @@ class SimulatorProcess:
 
 
 @pytest.fixture
-def simulator_factory(tmp_path_factory: pytest.TempPathFactory,
-                      ) -> Iterator[Callable[..., SimulatorProcess]]:
+def simulator_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., SimulatorProcess]]:
     """``factory(*args, **kwargs)`` starts a simulator; every one is stopped at teardown."""
     started: list[SimulatorProcess] = []
 

@@ -29,7 +29,7 @@ from ollama_watchdog.simulator.gguf import gguf_header
 
 T = 15  # generous request timeout: waiting, never asserting on speed
 GIN_RE = re.compile(
-    r'\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|'
+    r"\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|"
     r' ([A-Z]+) +"((?:[^"\\]|\\.)*)"'
 )
 RUNNER_STOPPED = (
@@ -55,8 +55,9 @@ def runner_children(sim: SimulatorProcess) -> list[psutil.Process]:
             continue
         heads = [os.path.basename(a) for a in argv[:2]]
         names = [os.path.basename(a) for a in argv]
-        go_runner = any(n == "ollama" and names[i + 1:i + 2] == ["runner"]
-                        for i, n in enumerate(names))
+        go_runner = any(
+            n == "ollama" and names[i + 1 : i + 2] == ["runner"] for i, n in enumerate(names)
+        )
         if "llama-server" in heads or go_runner:
             found.append(child)
     return found
@@ -111,7 +112,10 @@ def test_tags_lists_models_exactly_as_the_store_on_disk_says(
 ) -> None:
     models = requests.get(shared_sim.url + "/api/tags", timeout=T).json()["models"]
     assert [m["name"] for m in models] == [
-        "nomic-embed-text:latest", "qwen2.5:0.5b", "llama3.2:latest"]  # newest first
+        "nomic-embed-text:latest",
+        "qwen2.5:0.5b",
+        "llama3.2:latest",
+    ]  # newest first
     manifests = shared_sim.work_dir / "models" / "manifests" / "registry.ollama.ai" / "library"
     for entry in models:
         base, tag = entry["name"].split(":")
@@ -120,12 +124,20 @@ def test_tags_lists_models_exactly_as_the_store_on_disk_says(
         assert entry["model"] == entry["name"]
         assert entry["digest"] == hashlib.sha256(raw).hexdigest()
         assert entry["size"] == manifest["config"]["size"] + sum(
-            layer["size"] for layer in manifest["layers"])
-        assert set(entry["details"]) == {"parent_model", "format", "family", "families",
-                                         "parameter_size", "quantization_level"}
+            layer["size"] for layer in manifest["layers"]
+        )
+        assert set(entry["details"]) == {
+            "parent_model",
+            "format",
+            "family",
+            "families",
+            "parameter_size",
+            "quantization_level",
+        }
         assert entry["capabilities"]  # 0.30+ lists them
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)",
-                            entry["modified_at"])
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", entry["modified_at"]
+        )
 
 
 def test_show_answers_details_and_errors(shared_sim: SimulatorProcess) -> None:
@@ -146,17 +158,20 @@ def test_request_errors_have_ollamas_shapes(shared_sim: SimulatorProcess) -> Non
     bad = requests.post(shared_sim.url + "/api/generate", data=b"{nope", timeout=T)
     assert bad.status_code == 400 and "invalid character" in bad.json()["error"]
     assert post(shared_sim, "/api/generate", {"model": "ghost", "prompt": "x"}).json() == {
-        "error": "model 'ghost' not found"}
+        "error": "model 'ghost' not found"
+    }
     unnamed = post(shared_sim, "/api/generate", {"prompt": "x"})
     assert (unnamed.status_code, unnamed.json()) == (404, {"error": "model '' not found"})
     chat = post(shared_sim, "/api/chat", {"messages": []})
     assert (chat.status_code, chat.json()) == (400, {"error": "model is required"})
     embed_only = post(shared_sim, "/api/generate", {"model": "nomic-embed-text", "prompt": "x"})
     assert embed_only.json() == {"error": '"nomic-embed-text" does not support generate'}
-    assert post(shared_sim, "/api/generate", {"model": "llama3.2", "keep_alive": "-1"}).json() \
-        == {"error": 'time: missing unit in duration "-1"'}
-    assert post(shared_sim, "/api/generate", {"model": "llama3.2", "keep_alive": True}).json() \
-        == {"error": "Unsupported type: 'bool'"}
+    assert post(shared_sim, "/api/generate", {"model": "llama3.2", "keep_alive": "-1"}).json() == {
+        "error": 'time: missing unit in duration "-1"'
+    }
+    assert post(shared_sim, "/api/generate", {"model": "llama3.2", "keep_alive": True}).json() == {
+        "error": "Unsupported type: 'bool'"
+    }
 
 
 # -- generation -------------------------------------------------------------------------------
@@ -164,8 +179,9 @@ def test_request_errors_have_ollamas_shapes(shared_sim: SimulatorProcess) -> Non
 
 def test_generate_streams_ndjson_ending_in_metrics(shared_sim: SimulatorProcess) -> None:
     secret = "PROMPT-TEXT-MUST-NOT-LEAK"
-    response = post(shared_sim, "/api/generate", {"model": "llama3.2", "prompt": secret},
-                    stream=True)
+    response = post(
+        shared_sim, "/api/generate", {"model": "llama3.2", "prompt": secret}, stream=True
+    )
     raw = response.raw.read()
     assert response.headers["Content-Type"] == "application/x-ndjson"
     assert raw.endswith(b"\n")
@@ -174,8 +190,14 @@ def test_generate_streams_ndjson_ending_in_metrics(shared_sim: SimulatorProcess)
     final = chunks[-1]
     assert final["done"] is True and final["done_reason"] == "stop"
     assert final["response"] == ""
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_count", "eval_duration"):
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
         assert isinstance(final[key], int) and final[key] > 0, key
     assert final["eval_count"] == len(chunks) - 1
     assert all(c["created_at"].endswith("Z") for c in chunks)
@@ -184,8 +206,9 @@ def test_generate_streams_ndjson_ending_in_metrics(shared_sim: SimulatorProcess)
 
 
 def test_stream_false_gives_one_json_object(shared_sim: SimulatorProcess) -> None:
-    response = post(shared_sim, "/api/generate",
-                    {"model": "llama3.2", "prompt": "hello", "stream": False})
+    response = post(
+        shared_sim, "/api/generate", {"model": "llama3.2", "prompt": "hello", "stream": False}
+    )
     assert response.headers["Content-Type"] == "application/json; charset=utf-8"
     body = response.json()
     assert body["done"] is True and body["response"]
@@ -193,17 +216,23 @@ def test_stream_false_gives_one_json_object(shared_sim: SimulatorProcess) -> Non
 
 
 def test_zero_metrics_are_left_out(shared_sim: SimulatorProcess) -> None:
-    body = post(shared_sim, "/api/generate", {"model": "llama3.2", "prompt": "hi",
-                                              "stream": False,
-                                              "options": {"num_predict": 0}}).json()
+    body = post(
+        shared_sim,
+        "/api/generate",
+        {"model": "llama3.2", "prompt": "hi", "stream": False, "options": {"num_predict": 0}},
+    ).json()
     assert body["done_reason"] == "length"
     assert "eval_count" not in body and "eval_duration" not in body
     assert body["prompt_eval_count"] > 0
 
 
 def test_chat_streams_assistant_messages(shared_sim: SimulatorProcess) -> None:
-    response = post(shared_sim, "/api/chat", {
-        "model": "qwen2.5:0.5b", "messages": [{"role": "user", "content": "hi"}]}, stream=True)
+    response = post(
+        shared_sim,
+        "/api/chat",
+        {"model": "qwen2.5:0.5b", "messages": [{"role": "user", "content": "hi"}]},
+        stream=True,
+    )
     lines = [json.loads(line) for line in response.iter_lines() if line]
     assert all(c["message"]["role"] == "assistant" for c in lines)
     assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "stop"
@@ -268,17 +297,21 @@ def test_keep_alive_sets_expiry(simulator: SimulatorProcess) -> None:
     ps = requests.get(simulator.url + "/api/ps", timeout=T).json()["models"]
     assert [m["name"] for m in ps] == ["llama3.2:latest", "qwen2.5:0.5b"]  # longest first
     assert int(ps[0]["expires_at"][:4]) > 2300  # forever = now + MaxInt64 ns
-    expires = datetime.fromisoformat(ps[1]["expires_at"][:26] + ps[1]["expires_at"][-6:]
-                                     if not ps[1]["expires_at"].endswith("Z")
-                                     else ps[1]["expires_at"][:26] + "+00:00")
+    expires = datetime.fromisoformat(
+        ps[1]["expires_at"][:26] + ps[1]["expires_at"][-6:]
+        if not ps[1]["expires_at"].endswith("Z")
+        else ps[1]["expires_at"][:26] + "+00:00"
+    )
     now = datetime.now().astimezone()
     assert now + timedelta(minutes=5) < expires < now + timedelta(minutes=11)
 
 
 def test_keep_alive_expiry_unloads_the_runner(simulator: SimulatorProcess) -> None:
     post(simulator, "/api/generate", {"model": "llama3.2", "keep_alive": "1s"})
-    wait_until(lambda: requests.get(simulator.url + "/api/ps", timeout=T).json()["models"] == [],
-               "model expired")
+    wait_until(
+        lambda: requests.get(simulator.url + "/api/ps", timeout=T).json()["models"] == [],
+        "model expired",
+    )
     wait_until(lambda: not runner_children(simulator), "runner gone after expiry")
 
 
@@ -317,8 +350,10 @@ def test_sigterm_while_hung_exits_zero_and_kills_runners(simulator: SimulatorPro
     time.sleep(0.3)  # let the request reach the server; not an assertion
     os.kill(simulator.pid, signal.SIGTERM)
     assert simulator.wait_exit(timeout=10) == 0
-    wait_until(lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE,
-               "runner child killed on shutdown")
+    wait_until(
+        lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE,
+        "runner child killed on shutdown",
+    )
 
 
 def test_slow_answers_only_after_the_delay(simulator: SimulatorProcess) -> None:
@@ -352,7 +387,8 @@ def test_busy_refuses_scheduled_requests_with_503(simulator: SimulatorProcess) -
     response = post(simulator, "/api/generate", {"model": "llama3.2", "prompt": "x"})
     assert response.status_code == 503
     assert response.json() == {
-        "error": "server busy, please try again.  maximum pending requests exceeded"}
+        "error": "server busy, please try again.  maximum pending requests exceeded"
+    }
     assert requests.get(simulator.url + "/api/version", timeout=T).status_code == 200
 
 
@@ -372,8 +408,10 @@ def test_crash_exits_2_after_a_go_panic_and_takes_runners_along(
     assert simulator.wait_exit(timeout=10) == 2
     assert simulator.stderr_text().rstrip().splitlines()[0].startswith("time=")
     assert "panic: runtime error" in simulator.stderr_text()
-    wait_until(lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE,
-               "runner gone with its parent")
+    wait_until(
+        lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE,
+        "runner gone with its parent",
+    )
 
 
 def test_runner_crash_kills_the_child_and_fails_the_next_generate(
@@ -383,15 +421,21 @@ def test_runner_crash_kills_the_child_and_fails_the_next_generate(
     first = runner_children(simulator)[0]
     simulator.set_fault("runner_crash")
     wait_until(lambda: not runner_children(simulator), "runner died")
-    simulator.wait_for_log(r'level=ERROR source=\S+ msg="llama-server terminated"'
-                           r' error="exit status 2" exit=2$')
+    simulator.wait_for_log(
+        r'level=ERROR source=\S+ msg="llama-server terminated"'
+        r' error="exit status 2" exit=2$'
+    )
     assert "GGML_ASSERT" in simulator.stderr_text()
     failed = post(simulator, "/api/generate", {"model": "llama3.2", "prompt": "x"})
     assert (failed.status_code, failed.json()) == (500, {"error": RUNNER_STOPPED})
     simulator.wait_for_log(r'msg="llama-server completion error"')
     simulator.clear_fault()
-    assert post(simulator, "/api/generate", {"model": "llama3.2", "prompt": "x",
-                                             "stream": False}).status_code == 200
+    assert (
+        post(
+            simulator, "/api/generate", {"model": "llama3.2", "prompt": "x", "stream": False}
+        ).status_code
+        == 200
+    )
     assert [p.pid for p in runner_children(simulator)] != [first.pid]
 
 
@@ -414,8 +458,7 @@ def test_go_runner_era_uses_the_old_runner_and_wording(
 ) -> None:
     sim = simulator_factory("--era", "go-runner")
     assert requests.get(sim.url + "/api/version", timeout=T).json() == {"version": "0.24.0"}
-    assert "capabilities" not in requests.get(sim.url + "/api/tags", timeout=T).json()[
-        "models"][0]
+    assert "capabilities" not in requests.get(sim.url + "/api/tags", timeout=T).json()["models"][0]
     post(sim, "/api/generate", {"model": "llama3.2", "prompt": "x", "stream": False})
     argv = runner_children(sim)[0].cmdline()
     assert [os.path.basename(a) for a in argv[1:3]] == ["ollama", "runner"]
@@ -425,28 +468,36 @@ def test_go_runner_era_uses_the_old_runner_and_wording(
     sim.set_fault("oom")
     oom = post(sim, "/api/generate", {"model": "qwen2.5:0.5b", "prompt": "x"})
     assert oom.status_code == 500
-    assert re.fullmatch(r"model requires more system memory \(\S+ GiB\) than is available"
-                        r" \(\S+ GiB\)", oom.json()["error"])
+    assert re.fullmatch(
+        r"model requires more system memory \(\S+ GiB\) than is available"
+        r" \(\S+ GiB\)",
+        oom.json()["error"],
+    )
 
 
 def test_startup_logs_listening_with_the_real_address(simulator: SimulatorProcess) -> None:
     port = simulator.url.rsplit(":", 1)[1]
     text = simulator.stderr_text()
     assert f'msg="Listening on 127.0.0.1:{port} (version 0.32.15)"' in text
-    assert re.match(r'time=\S+ level=INFO source=routes\.go:\d+ msg="server config" env="map\[',
-                    text.splitlines()[0])
+    assert re.match(
+        r'time=\S+ level=INFO source=routes\.go:\d+ msg="server config" env="map\[',
+        text.splitlines()[0],
+    )
     assert 'msg="inference compute" id=cpu library=cpu' in text
     assert simulator.stdout_text() == ""  # nothing but gin lines on stdout
 
 
 def test_port_in_use_exits_1_like_ollama(
-    simulator: SimulatorProcess, simulator_factory: Callable[..., SimulatorProcess],
+    simulator: SimulatorProcess,
+    simulator_factory: Callable[..., SimulatorProcess],
 ) -> None:
     second = simulator_factory(start=False, port=simulator.port)
     second.start(wait=False)
     assert second.wait_exit(timeout=T) == 1
-    assert (f"Error: listen tcp 127.0.0.1:{simulator.port}: bind: address already in use"
-            in second.stderr_text())
+    assert (
+        f"Error: listen tcp 127.0.0.1:{simulator.port}: bind: address already in use"
+        in second.stderr_text()
+    )
 
 
 def test_restart_comes_back_on_the_same_port(simulator: SimulatorProcess) -> None:
@@ -468,43 +519,67 @@ def test_as_ollama_looks_like_ollama_serve_to_process_matchers(
 
 
 def test_models_dir_lists_a_real_store_layout(
-    simulator_factory: Callable[..., SimulatorProcess], tmp_path: Path,
+    simulator_factory: Callable[..., SimulatorProcess],
+    tmp_path: Path,
 ) -> None:
     blobs = tmp_path / "models" / "blobs"
     blobs.mkdir(parents=True)
-    config = json.dumps({"model_format": "gguf", "model_family": "qwen2",
-                         "model_families": ["qwen2"], "model_type": "7.6B",
-                         "file_type": "Q4_K_M"}).encode()
+    config = json.dumps(
+        {
+            "model_format": "gguf",
+            "model_family": "qwen2",
+            "model_families": ["qwen2"],
+            "model_type": "7.6B",
+            "file_type": "Q4_K_M",
+        }
+    ).encode()
     weights = b"GGUF\x03\x00\x00\x00not really weights"
     digests = {}
     for data in (config, weights):
         digests[data] = hashlib.sha256(data).hexdigest()
         (blobs / f"sha256-{digests[data]}").write_bytes(data)
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "digest": f"sha256:{digests[config]}", "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.ollama.image.model",
-                    "digest": f"sha256:{digests[weights]}", "size": len(weights)}],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": f"sha256:{digests[config]}",
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.ollama.image.model",
+                    "digest": f"sha256:{digests[weights]}",
+                    "size": len(weights),
+                }
+            ],
+        }
+    ).encode()
     path = tmp_path / "models" / "manifests" / "hf.co" / "someone" / "Qwen-GGUF" / "Q4_K_M"
     path.parent.mkdir(parents=True)
     path.write_bytes(manifest)
     sim = simulator_factory("--models-dir", str(tmp_path / "models"))
     models = requests.get(sim.url + "/api/tags", timeout=T).json()["models"]
-    assert [(m["name"], m["digest"], m["size"], m["details"]["parameter_size"])
-            for m in models] == [("hf.co/someone/Qwen-GGUF:Q4_K_M",
-                                  hashlib.sha256(manifest).hexdigest(),
-                                  len(config) + len(weights), "7.6B")]
+    assert [
+        (m["name"], m["digest"], m["size"], m["details"]["parameter_size"]) for m in models
+    ] == [
+        (
+            "hf.co/someone/Qwen-GGUF:Q4_K_M",
+            hashlib.sha256(manifest).hexdigest(),
+            len(config) + len(weights),
+            "7.6B",
+        )
+    ]
     post(sim, "/api/generate", {"model": "hf.co/someone/Qwen-GGUF:Q4_K_M"})
     argv = runner_children(sim)[0].cmdline()
     assert argv[argv.index("--model") + 1] == str(blobs / f"sha256-{digests[weights]}")
     assert "total blobs: 2" in sim.stderr_text()
 
 
-def test_log_file_follows_rotation(simulator_factory: Callable[..., SimulatorProcess],
-                                   tmp_path: Path) -> None:
+def test_log_file_follows_rotation(
+    simulator_factory: Callable[..., SimulatorProcess], tmp_path: Path
+) -> None:
     log = tmp_path / "ollama.log"
     sim = simulator_factory(log_file=log)
     requests.get(sim.url + "/api/version", timeout=T)
@@ -568,12 +643,12 @@ def test_blob_upload_with_a_wrong_digest_is_refused(shared_sim: SimulatorProcess
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     response = upload(shared_sim, data, claimed)
     assert response.status_code == 400
-    assert response.json() == {
-        "error": f'digest mismatch, expected "{claimed}", got "{actual}"'}
+    assert response.json() == {"error": f'digest mismatch, expected "{claimed}", got "{actual}"'}
     assert requests.head(f"{shared_sim.url}/api/blobs/{claimed}", timeout=T).status_code == 404
     # No temp file is left behind: blobs/ holds only digest-named files.
-    assert all(re.fullmatch(r"sha256-[0-9a-f]{64}", p.name)
-               for p in blobs_dir(shared_sim).iterdir())
+    assert all(
+        re.fullmatch(r"sha256-[0-9a-f]{64}", p.name) for p in blobs_dir(shared_sim).iterdir()
+    )
 
 
 def test_blob_routes_refuse_a_malformed_digest(shared_sim: SimulatorProcess) -> None:
@@ -590,8 +665,7 @@ def test_blob_upload_streams_a_chunked_body_of_several_mebibytes(
     data = b"".join(pieces)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     # A generator body makes requests send Transfer-Encoding: chunked.
-    response = requests.post(f"{shared_sim.url}/api/blobs/{digest}", data=iter(pieces),
-                             timeout=T)
+    response = requests.post(f"{shared_sim.url}/api/blobs/{digest}", data=iter(pieces), timeout=T)
     assert response.status_code == 201
     assert (blobs_dir(shared_sim) / digest.replace(":", "-")).read_bytes() == data
 
@@ -619,8 +693,9 @@ def test_create_from_an_uploaded_gguf_writes_a_real_store_and_lists_the_model(
     assert all(re.fullmatch(r"creating new layer sha256:[0-9a-f]{64}", s) for s in new_layers)
 
     models = simulator.work_dir / "models"
-    raw = (models / "manifests" / "registry.ollama.ai" / "library" / "support-bot" / "latest"
-           ).read_bytes()
+    raw = (
+        models / "manifests" / "registry.ollama.ai" / "library" / "support-bot" / "latest"
+    ).read_bytes()
     assert raw.endswith(b"}\n")  # Go's json.Encoder
     manifest = json.loads(raw)
     assert manifest["schemaVersion"] == 2
@@ -636,32 +711,44 @@ def test_create_from_an_uploaded_gguf_writes_a_real_store_and_lists_the_model(
         data = blob(ref["digest"])
         assert ref["size"] == len(data)
         assert ref["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
-    by_media = {m: blob(layer["digest"]) for m, layer in zip(media, manifest["layers"],
-                                                               strict=True)}
+    by_media = {
+        m: blob(layer["digest"]) for m, layer in zip(media, manifest["layers"], strict=True)
+    }
     assert by_media["template"] == b"{{ .System }} {{ .Prompt }}"
     assert json.loads(by_media["params"]) == request["parameters"]
     assert json.loads(by_media["messages"]) == request["messages"]
     config = json.loads(blob(manifest["config"]["digest"]))
-    assert (config["model_format"], config["model_family"], config["model_type"],
-            config["file_type"]) == ("gguf", "llama", "131.08M", "Q4_K_M")
+    assert (
+        config["model_format"],
+        config["model_family"],
+        config["model_type"],
+        config["file_type"],
+    ) == ("gguf", "llama", "131.08M", "Q4_K_M")
 
     listed = requests.get(simulator.url + "/api/tags", timeout=T).json()["models"]
     assert listed[0]["name"] == "support-bot:latest"  # newest first
     assert listed[0]["digest"] == hashlib.sha256(raw).hexdigest()
     assert listed[0]["size"] == manifest["config"]["size"] + sum(
-        layer["size"] for layer in manifest["layers"])
+        layer["size"] for layer in manifest["layers"]
+    )
     assert listed[0]["details"]["quantization_level"] == "Q4_K_M"
     # The created model loads like any other: a runner child on the uploaded GGUF.
-    generated = post(simulator, "/api/generate",
-                     {"model": "support-bot", "prompt": "hi", "stream": False})
+    generated = post(
+        simulator, "/api/generate", {"model": "support-bot", "prompt": "hi", "stream": False}
+    )
     assert generated.status_code == 200 and generated.json()["done"] is True
     argv = runner_children(simulator)[0].cmdline()
-    assert argv[argv.index("--model") + 1] == str(models / "blobs" / WEIGHTS_DIGEST.replace(
-        ":", "-"))
+    assert argv[argv.index("--model") + 1] == str(
+        models / "blobs" / WEIGHTS_DIGEST.replace(":", "-")
+    )
     # ... and the project's own store verifier finds the new store sound.
     verify = subprocess.run(
-        [sys.executable, "-m", "ollama_watchdog", "models", "verify", "--models-dir",
-         str(models)], capture_output=True, text=True, timeout=120, check=False)
+        [sys.executable, "-m", "ollama_watchdog", "models", "verify", "--models-dir", str(models)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     simulator.wait_for_log(r'\| 200 \|.*\| POST     "/api/create"$')
 
@@ -678,8 +765,9 @@ def test_create_again_reuses_every_layer_and_stream_false_answers_once(
     assert again.content == b'{"status":"success"}'
     streamed = [line["status"] for line in ndjson(post(simulator, "/api/create", request))]
     assert not any(s.startswith("creating new layer") for s in streamed), streamed
-    names = [m["name"] for m in requests.get(simulator.url + "/api/tags", timeout=T).json()[
-        "models"]]
+    names = [
+        m["name"] for m in requests.get(simulator.url + "/api/tags", timeout=T).json()["models"]
+    ]
     assert names.count("bot:v1") == 1
 
 
@@ -688,21 +776,28 @@ def test_create_refuses_bad_requests_before_streaming(shared_sim: SimulatorProce
     cases: list[tuple[Any, str]] = [
         ({"model": "bad name!", "files": {"m.gguf": WEIGHTS_DIGEST}}, "invalid model name"),
         ({"model": "x"}, "neither 'from' or 'files' was specified"),
-        ({"model": "x", "files": {"m.gguf": "sha256:12"}},
-         "invalid digest for m.gguf: invalid digest format"),
-        ({"model": "x", "files": {"/etc/m.gguf": WEIGHTS_DIGEST}},
-         "file path must be relative: /etc/m.gguf"),
-        ({"model": "x", "files": {"weights": missing}},
-         f"blob not found for weights (digest {missing}): open "
-         f"{blobs_dir(shared_sim) / missing.replace(':', '-')}: no such file or directory"),
+        (
+            {"model": "x", "files": {"m.gguf": "sha256:12"}},
+            "invalid digest for m.gguf: invalid digest format",
+        ),
+        (
+            {"model": "x", "files": {"/etc/m.gguf": WEIGHTS_DIGEST}},
+            "file path must be relative: /etc/m.gguf",
+        ),
+        (
+            {"model": "x", "files": {"weights": missing}},
+            f"blob not found for weights (digest {missing}): open "
+            f"{blobs_dir(shared_sim) / missing.replace(':', '-')}: no such file or directory",
+        ),
     ]
     for body, error in cases:
         response = post(shared_sim, "/api/create", body)
         assert (response.status_code, response.json()) == (400, {"error": error}), body
     empty = requests.post(shared_sim.url + "/api/create", timeout=T)
     assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
-    listed = [m["name"] for m in requests.get(shared_sim.url + "/api/tags", timeout=T).json()[
-        "models"]]
+    listed = [
+        m["name"] for m in requests.get(shared_sim.url + "/api/tags", timeout=T).json()["models"]
+    ]
     assert "x:latest" not in listed
 
 
@@ -714,31 +809,47 @@ def test_create_of_a_file_that_is_not_gguf(shared_sim: SimulatorProcess) -> None
     streamed = post(shared_sim, "/api/create", {"model": "nope", "files": {"a.gguf": digest}})
     assert streamed.status_code == 200
     assert ndjson(streamed) == [{"status": "parsing GGUF"}, {"error": "invalid file magic"}]
-    single = post(shared_sim, "/api/create",
-                  {"model": "nope", "files": {"a.gguf": digest}, "stream": False})
+    single = post(
+        shared_sim, "/api/create", {"model": "nope", "files": {"a.gguf": digest}, "stream": False}
+    )
     assert (single.status_code, single.json()) == (500, {"error": "invalid file magic"})
     # No extension: the magic decides the type before any progress.
     unknown = post(shared_sim, "/api/create", {"model": "nope", "files": {"a": digest}})
     assert (unknown.status_code, unknown.json()) == (400, {"error": "unknown type"})
-    assert not (shared_sim.work_dir / "models" / "manifests" / "registry.ollama.ai" / "library"
-                / "nope").exists()
+    assert not (
+        shared_sim.work_dir / "models" / "manifests" / "registry.ollama.ai" / "library" / "nope"
+    ).exists()
 
 
 def test_create_from_an_existing_model_adds_a_layer(simulator: SimulatorProcess) -> None:
-    base = json.loads((simulator.work_dir / "models" / "manifests" / "registry.ollama.ai"
-                       / "library" / "llama3.2" / "latest").read_bytes())
-    lines = ndjson(post(simulator, "/api/create",
-                        {"model": "llama3.2-terse", "from": "llama3.2", "system": "Be terse."}))
+    base = json.loads(
+        (
+            simulator.work_dir
+            / "models"
+            / "manifests"
+            / "registry.ollama.ai"
+            / "library"
+            / "llama3.2"
+            / "latest"
+        ).read_bytes()
+    )
+    lines = ndjson(
+        post(
+            simulator,
+            "/api/create",
+            {"model": "llama3.2-terse", "from": "llama3.2", "system": "Be terse."},
+        )
+    )
     statuses = [line["status"] for line in lines]
-    assert statuses[:len(base["layers"])] == [
-        f"using existing layer {layer['digest']}" for layer in base["layers"]]
+    assert statuses[: len(base["layers"])] == [
+        f"using existing layer {layer['digest']}" for layer in base["layers"]
+    ]
     assert statuses[len(base["layers"])].startswith("creating new layer sha256:")
     assert statuses[-1] == "success"
     shown = post(simulator, "/api/show", {"model": "llama3.2-terse"})
     assert shown.status_code == 200
     assert shown.json()["details"]["family"] == "llama"
-    offline = post(simulator, "/api/create",
-                   {"model": "y", "from": "not-here:7b", "stream": False})
+    offline = post(simulator, "/api/create", {"model": "y", "from": "not-here:7b", "stream": False})
     assert offline.status_code == 500
     assert offline.json()["error"].startswith("pull model manifest: ")
 
@@ -748,15 +859,26 @@ def test_go_runner_era_records_the_blob_path_as_the_layer_source(
 ) -> None:
     sim = simulator_factory("--era", "go-runner")
     upload(sim, WEIGHTS)
-    post(sim, "/api/create", {"model": "old", "files": {"m.gguf": WEIGHTS_DIGEST},
-                              "stream": False}).raise_for_status()
-    manifest = json.loads((sim.work_dir / "models" / "manifests" / "registry.ollama.ai"
-                           / "library" / "old" / "latest").read_bytes())
+    post(
+        sim, "/api/create", {"model": "old", "files": {"m.gguf": WEIGHTS_DIGEST}, "stream": False}
+    ).raise_for_status()
+    manifest = json.loads(
+        (
+            sim.work_dir
+            / "models"
+            / "manifests"
+            / "registry.ollama.ai"
+            / "library"
+            / "old"
+            / "latest"
+        ).read_bytes()
+    )
     assert manifest["layers"][0]["from"] == str(blobs_dir(sim) / WEIGHTS_DIGEST.replace(":", "-"))
 
 
 def test_the_standin_cli_creates_a_model_from_a_modelfile(
-    simulator: SimulatorProcess, tmp_path: Path,
+    simulator: SimulatorProcess,
+    tmp_path: Path,
 ) -> None:
     """The installer's path: `ollama create NAME -f Modelfile` (stand-in CLI) over HTTP."""
     (tmp_path / "model.gguf").write_bytes(WEIGHTS)
@@ -769,18 +891,39 @@ def test_the_standin_cli_creates_a_model_from_a_modelfile(
         'PARAMETER stop "<|end|>"\n'
         'PARAMETER stop "<|user|>"\n'
         "MESSAGE user Where is pump 3?\n"
-        "LICENSE internal use only\n")
+        "LICENSE internal use only\n"
+    )
     env = dict(os.environ, OLLAMA_HOST=simulator.url.removeprefix("http://"))
     result = subprocess.run(
-        [sys.executable, str(STANDIN_SCRIPT), "create", "plant/assistant:v2", "-f",
-         str(tmp_path / "Modelfile")], env=env, capture_output=True, text=True,
-        timeout=60, check=False)
+        [
+            sys.executable,
+            str(STANDIN_SCRIPT),
+            "create",
+            "plant/assistant:v2",
+            "-f",
+            str(tmp_path / "Modelfile"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines()[-1] == "success"
     show = post(simulator, "/api/show", {"model": "plant/assistant:v2"})
     assert show.status_code == 200
-    manifest = json.loads((simulator.work_dir / "models" / "manifests" / "registry.ollama.ai"
-                           / "plant" / "assistant" / "v2").read_bytes())
+    manifest = json.loads(
+        (
+            simulator.work_dir
+            / "models"
+            / "manifests"
+            / "registry.ollama.ai"
+            / "plant"
+            / "assistant"
+            / "v2"
+        ).read_bytes()
+    )
     layers = {layer["mediaType"].rsplit(".", 1)[1]: layer for layer in manifest["layers"]}
     params = (blobs_dir(simulator) / layers["params"]["digest"].replace(":", "-")).read_bytes()
     assert json.loads(params) == {"stop": ["<|end|>", "<|user|>"], "temperature": 0.3}
@@ -788,8 +931,19 @@ def test_the_standin_cli_creates_a_model_from_a_modelfile(
     assert template.read_text() == "{{ .System }}\n{{ .Prompt }}"
     # A second run uploads nothing new: the blob is already there (HEAD 200).
     again = subprocess.run(
-        [sys.executable, str(STANDIN_SCRIPT), "create", "plant/assistant:v2", "-f",
-         str(tmp_path / "Modelfile")], env=env, capture_output=True, text=True,
-        timeout=60, check=False)
+        [
+            sys.executable,
+            str(STANDIN_SCRIPT),
+            "create",
+            "plant/assistant:v2",
+            "-f",
+            str(tmp_path / "Modelfile"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert again.returncode == 0, again.stderr
     assert simulator.stdout_text().count('POST     "/api/blobs/') == 1

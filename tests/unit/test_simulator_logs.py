@@ -29,7 +29,7 @@ from ollama_watchdog.simulator import (
 )
 
 GIN_RE = re.compile(
-    r'\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|'
+    r"\[GIN\] (\d{4}/\d{2}/\d{2}) - (\d{2}:\d{2}:\d{2}) \| (\d{3}) \| +(\S+) \| +(\S*) \|"
     r' ([A-Z]+) +"((?:[^"\\]|\\.)*)"'
 )
 LATENCY_RE = re.compile(r"0s|\d+(\.\d+)?(ns|µs|ms|s)|(\d+h)?(\d+m)?\d+(\.\d+)?s")
@@ -74,8 +74,10 @@ def parse_slog(line: str) -> tuple[datetime, str, str, str, list[tuple[str, obje
     if rebuilt != line or len(pairs) < 4:
         return None
     try:
-        values = [(go_unquote(k) if k.startswith('"') else k,
-                   go_unquote(v) if v.startswith('"') else v) for k, v in pairs]
+        values = [
+            (go_unquote(k) if k.startswith('"') else k, go_unquote(v) if v.startswith('"') else v)
+            for k, v in pairs
+        ]
     except ValueError:  # a quoted value cut short
         return None
     (_, when), (_, level), (_, source), (_, msg) = values[:4]
@@ -95,18 +97,29 @@ def test_gin_lines_reproduce_every_real_line_byte_for_byte() -> None:
             continue
         date, clock, status, latency, ip, method, path = match.groups()
         when = datetime.strptime(f"{date} {clock}", "%Y/%m/%d %H:%M:%S")
-        produced = format_gin_line(when, int(status), parse_go_duration(latency), ip, method,
-                                   go_unquote(f'"{path}"'))
+        produced = format_gin_line(
+            when, int(status), parse_go_duration(latency), ip, method, go_unquote(f'"{path}"')
+        )
         assert produced == line[start:]
         compared += 1
     assert compared >= 50  # real-logs.txt: 60 [GIN] lines, 6 in [07], 1 JSON-escaped in [19]
 
 
-@pytest.mark.parametrize(("ns", "text"), [
-    (0, "0s"), (999, "999ns"), (41_983, "41.983µs"), (16_520, "16.52µs"),
-    (4_407_540, "4.40754ms"), (1_332_430_527, "1.332430527s"), (60_000_000_000, "1m0s"),
-    (3_723_000_000_000, "1h2m3s"), (1_000, "1µs"), (-1_500_000, "-1.5ms"),
-])
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (0, "0s"),
+        (999, "999ns"),
+        (41_983, "41.983µs"),
+        (16_520, "16.52µs"),
+        (4_407_540, "4.40754ms"),
+        (1_332_430_527, "1.332430527s"),
+        (60_000_000_000, "1m0s"),
+        (3_723_000_000_000, "1h2m3s"),
+        (1_000, "1µs"),
+        (-1_500_000, "-1.5ms"),
+    ],
+)
 def test_go_duration_matches_gos_duration_string(ns: int, text: str) -> None:
     assert format_go_duration_ns(ns) == text
 
@@ -125,16 +138,22 @@ def test_go_duration_round_trips_and_fits_the_parsers_grammar(ns: int) -> None:
     assert round(parse_go_duration(text) * 1e9) == pytest.approx(ns, abs=max(ns * 1e-12, 1))
 
 
-@given(st.floats(min_value=0, max_value=7200, allow_nan=False),
-       st.sampled_from(["GET", "HEAD", "POST", "DELETE"]),
-       st.from_regex(r"/api/[a-z]{1,10}(\?[a-z]=[0-9]{1,3})?", fullmatch=True))
+@given(
+    st.floats(min_value=0, max_value=7200, allow_nan=False),
+    st.sampled_from(["GET", "HEAD", "POST", "DELETE"]),
+    st.from_regex(r"/api/[a-z]{1,10}(\?[a-z]=[0-9]{1,3})?", fullmatch=True),
+)
 def test_gin_line_parses_back_to_its_values(latency: float, method: str, path: str) -> None:
-    line = format_gin_line(datetime(2026, 8, 21, 9, 5, 7), 200, latency, "127.0.0.1",
-                           method, path)
+    line = format_gin_line(datetime(2026, 8, 21, 9, 5, 7), 200, latency, "127.0.0.1", method, path)
     match = GIN_RE.fullmatch(line)
     assert match is not None
     assert (match[1], match[2], match[3], match[6], match[7]) == (
-        "2026/08/21", "09:05:07", "200", method, path)
+        "2026/08/21",
+        "09:05:07",
+        "200",
+        method,
+        path,
+    )
     assert len(line.split(" | ")[2]) == 13 or len(match[4]) > 13  # %13v, counted in runes
 
 
@@ -158,12 +177,25 @@ def test_slog_lines_reproduce_every_real_line_byte_for_byte() -> None:
 
 def test_slog_quotes_only_when_needed() -> None:
     when = datetime.fromisoformat("2025-03-05T06:58:54.116789+08:00")
-    line = format_slog_line(when, "INFO", "x.go:1", "offload",
-                            [("model", r"C:\Users\m"), ("empty", ""), ("path", 'a "b" c\\d'),
-                             ("count", 1), ("ok", True), ("progress", 0.95)])
-    assert line == (r'time=2025-03-05T06:58:54.116+08:00 level=INFO source=x.go:1 msg=offload'
-                    r' model=C:\Users\m empty="" path="a \"b\" c\\d" count=1 ok=true'
-                    r' progress=0.95')
+    line = format_slog_line(
+        when,
+        "INFO",
+        "x.go:1",
+        "offload",
+        [
+            ("model", r"C:\Users\m"),
+            ("empty", ""),
+            ("path", 'a "b" c\\d'),
+            ("count", 1),
+            ("ok", True),
+            ("progress", 0.95),
+        ],
+    )
+    assert line == (
+        r"time=2025-03-05T06:58:54.116+08:00 level=INFO source=x.go:1 msg=offload"
+        r' model=C:\Users\m empty="" path="a \"b\" c\\d" count=1 ok=true'
+        r" progress=0.95"
+    )
 
 
 # -- timing lines -------------------------------------------------------------------------------
@@ -189,9 +221,11 @@ def test_timing_lines_match_llama_cpp_format() -> None:
 
 
 def test_simulator_output_follows_the_real_formats(simulator: SimulatorProcess) -> None:
-    response = requests.post(simulator.url + "/api/generate",
-                             json={"model": "llama3.2", "prompt": "hi", "stream": False},
-                             timeout=15)
+    response = requests.post(
+        simulator.url + "/api/generate",
+        json={"model": "llama3.2", "prompt": "hi", "stream": False},
+        timeout=15,
+    )
     final = response.json()
     requests.get(simulator.url + "/missing?q=1", timeout=15)
     simulator.wait_for_log(r'GET      "/missing\?q=1"$')
@@ -199,8 +233,17 @@ def test_simulator_output_follows_the_real_formats(simulator: SimulatorProcess) 
         match = GIN_RE.fullmatch(line)
         assert match is not None, line
         when = datetime.strptime(f"{match[1]} {match[2]}", "%Y/%m/%d %H:%M:%S")
-        assert format_gin_line(when, int(match[3]), parse_go_duration(match[4]), match[5],
-                               match[6], go_unquote(f'"{match[7]}"')) == line
+        assert (
+            format_gin_line(
+                when,
+                int(match[3]),
+                parse_go_duration(match[4]),
+                match[5],
+                match[6],
+                go_unquote(f'"{match[7]}"'),
+            )
+            == line
+        )
     slog = [ln for ln in simulator.stderr_text().splitlines() if ln.startswith("time=")]
     assert len(slog) >= 10
     for line in slog:
@@ -211,7 +254,8 @@ def test_simulator_output_follows_the_real_formats(simulator: SimulatorProcess) 
     # The timing block carries the same numbers the API reported.
     timing = re.search(
         r"prompt eval time = +([\d.]+) ms / +(\d+) tokens.*\n.*eval time = +([\d.]+) ms / +(\d+)",
-        simulator.stderr_text())
+        simulator.stderr_text(),
+    )
     assert timing is not None
     assert int(timing[2]) == final["prompt_eval_count"]
     assert int(timing[4]) == final["eval_count"]
@@ -224,8 +268,9 @@ def test_block_timing_form_and_local_offsets(
 ) -> None:
     env = dict(os.environ, TZ="Asia/Kolkata")
     sim = simulator_factory("--timing-form", "block", env=env)
-    streamed = requests.post(sim.url + "/api/generate",
-                             json={"model": "llama3.2", "prompt": "hi"}, timeout=15)
+    streamed = requests.post(
+        sim.url + "/api/generate", json={"model": "llama3.2", "prompt": "hi"}, timeout=15
+    )
     assert streamed.content.endswith(b"\n")
     ps = requests.get(sim.url + "/api/ps", timeout=15).json()["models"]
     assert ps[0]["expires_at"].endswith("+05:30")
