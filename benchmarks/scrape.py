@@ -3,9 +3,10 @@
 1. Scrape latency: the simulator with 50 models loaded (50 runner children, 50 entries in
    /api/ps), the daemon probing it; 1000 scrapes of /metrics while Ollama is healthy, then 1000
    while the simulator is hung (every probe then waits its full timeout). p50/p99 in ms.
-2. Memory: the daemon probing the simulator as fast as it can (interval 1 ms) for 10 000 probe
-   rounds; its RSS sampled every 1000 rounds (rounds counted from the simulator's own request
-   log: one GET /api/version per round).
+2. Memory: the daemon probing the simulator every 10 ms for 10 000 probe rounds (every
+   collector runs at that interval, the process collector's /proc scan included); its RSS
+   sampled every 1000 rounds (rounds counted from the simulator's own request log: one
+   GET /api/version per round).
 
     python benchmarks/scrape.py [--scrapes 1000] [--rounds 10000]
 """
@@ -95,13 +96,14 @@ def bench_memory(tmp: Path, rounds: int) -> dict[str, object]:
         cfg = quick_config(
             sim.url,
             tmp,
-            probe={"interval": "1ms"},
+            probe={"interval": "10ms"},
             logs={"source": "none"},
             gpu={"enabled": "false"},
         )
         d = DaemonProcess(cfg, tmp).start()
         try:
             assert d.proc is not None
+            d.wait_value("ollama_up", 1.0)
             proc = psutil.Process(d.proc.pid)
             samples: list[tuple[int, float]] = []
             next_mark = 1000
@@ -134,13 +136,13 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        result = {
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}",
-            "scrape": bench_scrapes(tmp, args.scrapes),
-            "memory": bench_memory(tmp, args.rounds),
-        }
-    print(json.dumps(result, indent=2))
+        machine = (
+            f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}"
+        )
+        print(json.dumps({"machine": machine}), flush=True)
+        print(json.dumps({"scrape": bench_scrapes(tmp, args.scrapes)}, indent=2), flush=True)
+        print(json.dumps({"memory": bench_memory(tmp, args.rounds)}, indent=2), flush=True)
     return 0
 
 
