@@ -206,6 +206,7 @@ class Daemon:
         self.store = SnapshotStore()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wakeup = threading.Event()
         self._liveness: queue.SimpleQueue[ProbeOutcome] = queue.SimpleQueue()
         self._deep: queue.SimpleQueue[tuple[bool, str | None]] = queue.SimpleQueue()
         self._notifier = Notifier()
@@ -227,9 +228,9 @@ class Daemon:
 
     def _start_collectors(self, config: Config) -> None:
         self._client = OllamaClient(config.ollama.url, config.ollama.timeout)
-        self.api = ApiCollector(self._client, on_liveness=self._liveness.put)
+        self.api = ApiCollector(self._client, on_liveness=self._on_liveness)
         items = [Scheduled(self.api, config.probe.interval, config.ollama.timeout * 3 + 1)]
-        items += self._build_extra(config, lambda ok, err: self._deep.put((ok, err)))
+        items += self._build_extra(config, self._on_deep)
         for item in items:
             c = item.collector
             if isinstance(c, BackgroundCollector):
@@ -278,9 +279,21 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wakeup.set()
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wakeup.set()
+
+    # Probe outcomes wake the main loop at once: the restart decision is not left waiting for
+    # the next tick (up to a second of detection latency otherwise).
+    def _on_liveness(self, outcome: ProbeOutcome) -> None:
+        self._liveness.put(outcome)
+        self._wakeup.set()
+
+    def _on_deep(self, ok: bool, error: str | None) -> None:
+        self._deep.put((ok, error))
+        self._wakeup.set()
 
     def install_signal_handlers(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -312,7 +325,8 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._turn()
-                self._stop.wait(tick)
+                self._wakeup.wait(tick)
+                self._wakeup.clear()
         finally:
             self._shutdown()
         return 0
