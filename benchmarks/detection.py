@@ -5,8 +5,8 @@ once Ollama is healthy and the start-up grace is over, the simulator is hung thr
 control port and the time until the restart command runs is measured (the command appends a
 timestamp to a file before it restarts the simulator). The floor is
 ``failure_threshold x interval + timeout``: the latest the last needed probe can end when the
-hang begins right after a successful probe. Reported: the excess over that floor per trial,
-its median and max.
+hang begins right after a successful probe. The hang starts at a random (seeded) phase of the
+probe cadence. Reported: the excess over that floor per trial, its median and max.
 
     python benchmarks/detection.py [--trials 20] [--interval 1] [--timeout 0.5] [--threshold 3]
 """
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -62,7 +63,8 @@ def trial(tmp: Path, interval: float, timeout: float, threshold: int) -> float:
     try:
         with DaemonProcess(cfg, tmp) as d:
             d.wait_value("ollama_up", 1.0)
-            time.sleep(grace + interval * 1.5)
+            # the hang starts at a random phase of the probe cadence, as a real one would
+            time.sleep(grace + interval + random.uniform(0, interval))
             control = f"http://{sup.control}/fault"
             t0 = time.time()
             requests.post(control, json={"fault": "hang"}, timeout=5).raise_for_status()
@@ -85,6 +87,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=0.5)
     ap.add_argument("--threshold", type=int, default=3)
     args = ap.parse_args()
+    random.seed(20261125)
     floor = args.threshold * args.interval + args.timeout
     times = []
     for i in range(args.trials):
