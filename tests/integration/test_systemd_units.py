@@ -265,6 +265,8 @@ MANAGE = "org.freedesktop.systemd1.manage-units"
         ("ollama-watchdog", "sshd.service", "restart", False),
         ("ollama-watchdog", "xollama.service", "restart", False),
         ("ollama-watchdog", "ollama.service.bak", "restart", False),
+        ("ollama-watchdog", "ollama@a\\b.service", "restart", False),
+        ("ollama-watchdog", "ollama@1.service; x", "restart", False),
         ("ollama", "ollama.service", "restart", False),
         ("nobody", "ollama@1.service", "restart", False),
     ],
