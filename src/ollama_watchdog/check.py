@@ -19,18 +19,20 @@ import argparse
 import enum
 import json
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ollama_watchdog.collectors.probe import DeepProbeResult, run_deep_probe
-from ollama_watchdog.ollama_api import LoadedModel, ModelInfo, OllamaClient, ProbeError
+from ollama_watchdog.ollama_api import (
+    LoadedModel,
+    ModelInfo,
+    OllamaClient,
+    ProbeOutcome,
+    timed_probe,
+)
 
 if TYPE_CHECKING:
     from ollama_watchdog.config import Config
-
-T = TypeVar("T")
 
 
 class Status(enum.IntEnum):
@@ -40,17 +42,6 @@ class Status(enum.IntEnum):
     WARNING = 1
     CRITICAL = 2
     UNKNOWN = 3
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeOutcome:
-    """One API call of the round."""
-
-    probe: str
-    ok: bool
-    seconds: float
-    reason: str | None = None
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,32 +58,25 @@ class CheckResult:
     deep: DeepProbeResult | None = None
 
 
-def _timed(probe: str, call: Callable[[], T]) -> tuple[ProbeOutcome, T | None]:
-    start = time.monotonic()
-    try:
-        value = call()
-    except ProbeError as exc:
-        return ProbeOutcome(probe, False, time.monotonic() - start, exc.reason, exc.detail), None
-    return ProbeOutcome(probe, True, time.monotonic() - start), value
-
-
 def run_check(client: OllamaClient, deep_model: str, deep_timeout: float) -> CheckResult:
     """One round: version, then tags and ps, then the deep probe when a model is configured."""
-    version_outcome, version = _timed("version", client.version)
+    version_outcome, version = timed_probe("version", client.version)
     if version is None:
         return CheckResult(
             Status.CRITICAL,
-            f"Ollama is not answering: {version_outcome.reason} ({version_outcome.detail})",
+            f"Ollama is not answering: {version_outcome.reason} ({version_outcome.error})",
             (version_outcome,),
             deep_model=deep_model,
         )
-    tags_outcome, tags = _timed("tags", client.tags)
-    ps_outcome, loaded = _timed("ps", client.ps)
+    tags_outcome, tags = timed_probe("tags", client.tags)
+    ps_outcome, loaded = timed_probe("ps", client.ps)
     outcomes = [version_outcome, tags_outcome, ps_outcome]
     deep: DeepProbeResult | None = None
     if deep_model:
         deep = run_deep_probe(client, deep_model, deep_timeout)
-        outcomes.append(ProbeOutcome("generate", deep.ok, deep.seconds, deep.reason, deep.error))
+        outcomes.append(
+            ProbeOutcome("generate", deep.ok, deep.seconds, deep.reason, deep.error or None)
+        )
     return _judge(version, tags, loaded, tuple(outcomes), deep_model, deep)
 
 
@@ -129,7 +113,7 @@ def _judge(
             problems.append(
                 (
                     Status.WARNING,
-                    f"/api/{outcome.probe} failed: {outcome.reason} ({outcome.detail})",
+                    f"/api/{outcome.probe} failed: {outcome.reason} ({outcome.error})",
                 )
             )
     if tags is not None and not tags:
@@ -154,7 +138,7 @@ def _perf(label: str, value: float, unit: str = "") -> str:
 
 def perfdata(result: CheckResult) -> str:
     """Nagios perfdata: per-probe durations, model counts, deep-probe figures when measured."""
-    parts = [_perf(f"{o.probe}_seconds", o.seconds, "s") for o in result.probes]
+    parts = [_perf(f"{o.probe}_seconds", o.duration, "s") for o in result.probes]
     if result.models is not None:
         parts.append(_perf("models", len(result.models)))
     if result.loaded is not None:
@@ -187,9 +171,9 @@ def render_json(result: CheckResult) -> str:
             {
                 "probe": o.probe,
                 "ok": o.ok,
-                "duration_seconds": o.seconds,
+                "duration_seconds": o.duration,
                 "reason": o.reason,
-                "detail": o.detail,
+                "detail": o.error or "",
             }
             for o in result.probes
         ],

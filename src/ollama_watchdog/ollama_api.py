@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import requests
 
@@ -28,6 +28,9 @@ PROBE_REASONS: Final[tuple[ProbeReason, ...]] = ("timeout", "refused", "http_err
 _MAX_BODY = 32 * 1024 * 1024
 
 
+T = TypeVar("T")
+
+
 class ProbeError(Exception):
     """A failed call, classified. ``detail`` is short and never contains model output."""
 
@@ -36,6 +39,29 @@ class ProbeError(Exception):
         self.reason: ProbeReason = reason
         self.detail = detail
         self.status = status
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One probe's honest measurement: did it work, how long it took, why not."""
+
+    probe: str
+    ok: bool
+    duration: float
+    reason: ProbeReason | None = None  # when not ok
+    error: str | None = None  # short, human, never model output
+
+
+def timed_probe(
+    probe: str, call: Callable[[], T], clock: Callable[[], float] = time.monotonic
+) -> tuple[ProbeOutcome, T | None]:
+    """Run one client call and measure it; a ProbeError becomes a failed outcome."""
+    start = clock()
+    try:
+        value = call()
+    except ProbeError as exc:
+        return ProbeOutcome(probe, False, clock() - start, exc.reason, exc.detail), None
+    return ProbeOutcome(probe, True, clock() - start), value
 
 
 @dataclass(frozen=True)
@@ -362,6 +388,8 @@ __all__ = [
     "ModelInfo",
     "OllamaClient",
     "ProbeError",
+    "ProbeOutcome",
     "ProbeReason",
     "parse_go_time",
+    "timed_probe",
 ]

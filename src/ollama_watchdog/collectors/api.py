@@ -17,7 +17,14 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ..ollama_api import PROBE_REASONS, LoadedModel, ModelInfo, OllamaClient, ProbeError
+from ..ollama_api import (
+    PROBE_REASONS,
+    LoadedModel,
+    ModelInfo,
+    OllamaClient,
+    ProbeOutcome,
+    timed_probe,
+)
 
 API_PROBES = ("version", "tags", "ps")
 # Ollama keeps at most OLLAMA_MAX_LOADED_MODELS (default 3 per GPU) loaded; a store rarely holds
@@ -25,17 +32,6 @@ API_PROBES = ("version", "tags", "ps")
 MAX_MODEL_SERIES = 100
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class ProbeOutcome:
-    """One probe's honest measurement."""
-
-    probe: str
-    ok: bool
-    duration: float
-    reason: str | None = None  # one of PROBE_REASONS when not ok
-    error: str | None = None  # short, human, never model output
 
 
 @dataclass(frozen=True)
@@ -75,14 +71,10 @@ class ApiCollector:
         self._last_liveness_ok: bool | None = None
 
     def _measure(self, probe: str, call: Callable[[], object]) -> tuple[ProbeOutcome, object]:
-        start = self._clock()
-        try:
-            value = call()
-        except ProbeError as exc:
-            duration = self._clock() - start
-            self._counters.failures[(probe, exc.reason)] += 1
-            return ProbeOutcome(probe, False, duration, exc.reason, exc.detail), None
-        return ProbeOutcome(probe, True, self._clock() - start), value
+        outcome, value = timed_probe(probe, call, self._clock)
+        if outcome.reason is not None:
+            self._counters.failures[(probe, outcome.reason)] += 1
+        return outcome, value
 
     def collect(self) -> Sequence[Metric]:
         outcomes: dict[str, ProbeOutcome] = {}
