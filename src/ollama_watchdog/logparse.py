@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
 from typing import Final, Literal, NamedTuple
 
 from ollama_watchdog.routes import method_label, route_label
@@ -96,6 +95,21 @@ _GIN_RE: Final = re.compile(
     r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)"
 )
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
+
+# The fast path splits _GIN_RE in two, as gin prints a line: status and latency (one number
+# and unit below a minute, whole minutes and seconds above: gin truncates there), then the
+# rest of the line (client, method, path). That rest repeats (a few clients, a few routes),
+# so its method and route labels are looked up once and kept. A line the fast path does not
+# take goes through _GIN_RE: same result, only slower.
+_GIN_HEAD_RE: Final = re.compile(
+    r"[^|]*\| (\d{3}) \| *(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|(?:(\d+)h)?(\d+)m(\d+)s) \|"
+)
+_GIN_REST_RE: Final = re.compile(r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
+# rest of line -> (method, route). Bounded: emptied when full, so a scanner's random URLs
+# cost a regex per line and nothing more; long rests (huge URLs) are not kept at all.
+_TARGETS: Final[dict[str, tuple[str, str]]] = {}
+_TARGETS_MAX: Final = 4096
+_TARGET_KEY_MAX: Final = 256
 
 # --- Go durations ---------------------------------------------------------------------------
 
@@ -200,6 +214,18 @@ _RUNNER_START_MSGS: Final = frozenset(
 )
 _BLOB_RE: Final = re.compile(r"sha256[-:]([0-9a-f]{64})")
 
+# The start of every message _message() tells apart, as it follows ``msg=`` in both quoted
+# forms (``"text"`` and, in a JSON-escaped line, ``\"text\"``); _HEAD characters of it. A
+# bare (unquoted) value is never one of them: each of those messages has a space, and Go
+# quotes any value with one. A message whose start is not in here gets its level only.
+_CLASSIFIED: Final = (*_MSG_KINDS, *_RUNNER_START_MSGS, "loaded runners", "server config",
+                      "Listening on ")  # fmt: skip
+_HEAD: Final = 1 + min(map(len, _CLASSIFIED))
+_HEADS: Final = frozenset(
+    {'"' + text[: _HEAD - 1] for text in _CLASSIFIED}
+    | {'\\"' + text[: _HEAD - 2] for text in _CLASSIFIED}
+)
+
 # Before 0.7 (and in 2023's log.Printf era): "2023/12/24 23:48:35 llama.go:459: <text>".
 _STDLOG_RE: Final = re.compile(
     r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [\w.-]+\.go:\d+: (?:(TRACE|DEBUG|INFO|WARN|ERROR) )?(.*)"
@@ -264,7 +290,9 @@ def _parse_slog(line: str, at: int) -> Message | Malformed:
         if level is None:
             return Malformed("slog")
     m = line.find(" msg=", at)
-    if m < 0:
+    # Nearly every message is one we do not classify: one slice and one set lookup tell,
+    # without taking the value out of its quotes first.
+    if m < 0 or line[m + 5 : m + 5 + _HEAD] not in _HEADS:
         return _PLAIN[level]
     msg = _value(line, m + 5)
     return _message(level, msg, line, m + 5 + len(msg))
@@ -303,41 +331,74 @@ def _parse_timing(line: str, at: int) -> Timing | None:
     if found is None:
         return None
     ms, tokens = found.groups()
-    return Timing(phase, float(ms) / 1000.0, int(tokens))
+    return _new(Timing, (phase, float(ms) / 1000.0, int(tokens)))
 
 
 # --- the entry point ------------------------------------------------------------------------
 
-# Real traffic repeats a handful of paths; a bounded cache keeps a scanner's random URLs from
-# growing memory while sparing the common case the route lookup.
-_route: Final = lru_cache(maxsize=1024)(route_label)
+# Events are built with tuple.__new__ directly, as NamedTuple's generated __new__ does, minus
+# its Python frame: the same object, at half the cost, on the path every request line takes.
+_new: Final = tuple.__new__
+
+
+def _gin_target(rest: str) -> tuple[str, str] | None:
+    """Method and route labels from the part of a gin line after the latency."""
+    found = _GIN_REST_RE.match(rest)
+    if found is None:
+        return None
+    target = (method_label(found[1]), route_label(found[2]))
+    if len(rest) <= _TARGET_KEY_MAX:
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[rest] = target
+    return target
+
+
+def _parse_gin(line: str) -> Request | Malformed:
+    at = line.find("[GIN] ")
+    if "\x1b" in line:
+        line = _ANSI_RE.sub("", line)
+        at = line.find("[GIN] ")
+    head = _GIN_HEAD_RE.match(line, at + 6)
+    if head is not None:
+        rest = line[head.end() :]
+        target = _TARGETS.get(rest) or _gin_target(rest)
+        if target is not None:
+            code, number, unit, hours, minutes, secs = head.groups()
+            if number is not None:
+                seconds = float(number) * _UNITS[unit]
+            else:
+                # the sum parse_go_duration makes of the same parts, to the last bit
+                seconds = float(minutes) * 60.0 + float(secs)
+                if hours is not None:
+                    seconds = float(hours) * 3600.0 + float(minutes) * 60.0 + float(secs)
+                if not math.isfinite(seconds):
+                    return Malformed("gin")
+            return _new(Request, (target[0], target[1], int(code), seconds))
+    found = _GIN_RE.match(line, at + 6)
+    if found is None:
+        return Malformed("gin")
+    code, number, unit, latency, method, path = found.groups()
+    if number is not None:
+        seconds = float(number) * _UNITS[unit]
+    else:
+        parsed = parse_go_duration(latency)
+        if parsed is None:
+            return Malformed("gin")
+        seconds = parsed
+    return _new(Request, (method_label(method), route_label(path), int(code), seconds))
 
 
 def parse_line(line: str) -> Event | None:
     """Parse one log line; None when it is nothing we count (most runner output)."""
-    at = line.find("[GIN] ")
-    if at >= 0:
-        if "\x1b" in line:
-            line = _ANSI_RE.sub("", line)
-            at = line.find("[GIN] ")
-        found = _GIN_RE.match(line, at + 6)
-        if found is None:
-            return Malformed("gin")
-        code, number, unit, latency, method, path = found.groups()
-        if number is not None:
-            seconds = float(number) * _UNITS[unit]
-        else:
-            parsed = parse_go_duration(latency)
-            if parsed is None:
-                return Malformed("gin")
-            seconds = parsed
-        return Request(method_label(method), _route(path), int(code), seconds)
-    at = line.find("level=")
-    if at >= 0:
-        return _parse_slog(line, at)
-    at = line.find(" time = ")
-    if at >= 0:
-        return _parse_timing(line, at)
+    # Most lines carry no marker at all: ``in`` answers that without a method call, and the
+    # position is looked for only on a hit. The order is the priority when markers mix.
+    if "[GIN] " in line:
+        return _parse_gin(line)
+    if "level=" in line:
+        return _parse_slog(line, line.find("level="))
+    if " time = " in line:
+        return _parse_timing(line, line.find(" time = "))
     if ".go:" in line:
         return _parse_stdlog(line)
     return None
