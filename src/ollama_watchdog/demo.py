@@ -5,6 +5,11 @@ The simulator runs as a child process under a small supervisor that plays system
 command stops the simulator through its pid file, so a hang injected on the control port is
 detected, the simulator is really restarted, and health returns — the whole story in one
 terminal.
+
+The simulator is started through the stand-in ``ollama`` script (``simulator.standin``) in the
+work dir, so its argv reads ``python .../ollama serve`` and the process collector finds it and
+its runners as it would find Ollama. The script serves in-process (no extra fork), so the pid
+in the pid file is the simulator's own.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .config import (
     WatchdogConfig,
     parse_listen,
 )
+from .simulator.standin import write_standin
 
 
 class SimulatorSupervisor:
@@ -47,6 +53,7 @@ class SimulatorSupervisor:
         self.logfile = workdir / "ollama.log"
         self.simdir = workdir / "sim"  # runner scripts and the fake model store
         self.readyfile = workdir / "simulator.ready"
+        self.script = workdir / "bin" / "ollama"
         self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="demo-supervisor", daemon=True)
@@ -59,8 +66,8 @@ class SimulatorSupervisor:
             proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "ollama_watchdog.simulator",
+                    str(self.script),
+                    "serve",
                     "--listen",
                     self.listen,
                     "--control",
@@ -71,6 +78,9 @@ class SimulatorSupervisor:
                     str(self.simdir),
                     "--ready-file",
                     str(self.readyfile),
+                    # fake models in the work dir, not the store of $OLLAMA_MODELS
+                    "--models",
+                    "3",
                     *self.args,
                 ],
                 stdout=subprocess.DEVNULL,
@@ -84,6 +94,7 @@ class SimulatorSupervisor:
         return proc
 
     def start(self, ready_timeout: float = 15.0) -> None:
+        write_standin(self.script, sys.executable)
         self._proc = self._spawn()
         # the first probe should meet a serving simulator, not a half-started one
         deadline = time.monotonic() + ready_timeout

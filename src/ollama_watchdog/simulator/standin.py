@@ -371,14 +371,19 @@ sys.exit(main(serve_args={serve_args!r}))
 """
 
 
-def write_standin(path: Path, python: str, *, serve_args: Sequence[str] = ()) -> None:
-    """Write an executable ``ollama`` script run by ``python`` (which must import this package).
+def standin_script(python: str, *, serve_args: Sequence[str] = ()) -> str:
+    """The text of the ``ollama`` script: run by ``python``, which must import this package.
 
     ``serve_args`` are simulator options baked into ``serve`` (e.g. a fixed ``--control``
     address, where a unit's ``ExecStart=/usr/local/bin/ollama serve`` cannot pass any).
     """
+    return _SCRIPT.format(python=python, serve_args=tuple(serve_args))
+
+
+def write_standin(path: Path, python: str, *, serve_args: Sequence[str] = ()) -> None:
+    """Write ``standin_script`` to ``path`` (parents made), executable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_SCRIPT.format(python=python, serve_args=tuple(serve_args)))
+    path.write_text(standin_script(python, serve_args=serve_args))
     path.chmod(0o755)
 
 
@@ -395,5 +400,10 @@ __all__ = [
     "parse_modelfile",
     "plan_create",
     "serve",
+    "standin_script",
     "write_standin",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
