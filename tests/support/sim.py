@@ -1,6 +1,7 @@
 """Run the Ollama simulator as a real subprocess in tests.
 
-``SimulatorProcess`` starts ``python -m ollama_watchdog.simulator`` on a free port with a
+``SimulatorProcess`` starts ``python -m ollama_watchdog.simulator`` (or, with ``as_ollama``, the
+stand-in ``ollama serve`` of ``ollama_watchdog.simulator.standin``) on a free port with a
 control endpoint and a ready file, and always cleans up its whole process group (the simulator
 and its runner children). Fixtures: ``simulator`` (one, started) and ``simulator_factory``
 (start several, with extra CLI arguments). Register them with
@@ -25,19 +26,11 @@ from typing import Any
 import pytest
 import requests
 
+from ollama_watchdog.simulator.standin import write_standin
+
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _HTTP_TIMEOUT = 10.0
-
-_OLLAMA_SCRIPT = """#!{python}
-# Stand-in for /usr/local/bin/ollama: `ollama serve ARGS` runs the simulator, so process
-# matchers see an argv with basename `ollama` followed by `serve`.
-import sys
-from ollama_watchdog.simulator.__main__ import run
-if len(sys.argv) > 1 and sys.argv[1] == "serve":
-    del sys.argv[1]
-sys.exit(run())
-"""
 
 
 class SimulatorError(RuntimeError):
@@ -85,10 +78,10 @@ class SimulatorProcess:
         control = f"127.0.0.1:{self._control_port}"
         if self.as_ollama:
             script = self.directory / "bin" / "ollama"
-            script.parent.mkdir(parents=True, exist_ok=True)
-            script.write_text(_OLLAMA_SCRIPT.format(python=sys.executable))
-            script.chmod(0o755)
-            head = [sys.executable, str(script), "serve"]
+            write_standin(script, sys.executable)
+            # The stand-in's default store is $OLLAMA_MODELS; fake models, as with `-m`, unless
+            # the test's own --models/--models-dir (later, so they win) say otherwise.
+            head = [sys.executable, str(script), "serve", "--models", "3"]
         else:
             head = [sys.executable, "-m", "ollama_watchdog.simulator"]
         cmd = [

@@ -3,8 +3,9 @@
 What goes in: the project's wheel and its dependencies into ``/opt/ollama-watchdog/venv``
 (offline, from a wheelhouse), the shipped units, sysusers file and polkit rule exactly as they
 are in ``systemd/``, the ``ollama`` user as Ollama's install.sh makes it, a config with short
-intervals, and a stand-in ``ollama`` at ``ollama.service``'s ExecStart path that runs our
-simulator. The stand-in is a Python script run by its shebang, so the server's argv reads
+intervals, and the stand-in ``ollama`` (``ollama_watchdog.simulator.standin``) at
+``ollama.service``'s ExecStart path, which runs our simulator. It is a Python script run by the
+venv's python through its shebang, so the server's argv reads
 ``python /usr/local/bin/ollama serve``: the process collector's matching rule sees an ``ollama``
 element followed by ``serve``, as with the real binary.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nspawn import Container, project_root
+
+from ollama_watchdog.simulator.standin import standin_script
 
 VENV = "/opt/ollama-watchdog/venv"
 WHEELHOUSE = "/opt/ollama-watchdog/wheelhouse"
@@ -29,23 +32,10 @@ WATCHDOG_UNIT = "ollama-watchdog.service"
 WATCHDOG_USER = "ollama-watchdog"
 MODELS_DIR = "/usr/share/ollama/.ollama/models"
 
-STAND_IN_OLLAMA = f"""#!{VENV}/bin/python
-# Stand-in for the ollama binary in system tests: `ollama serve` runs our simulator, which
-# speaks Ollama's API and writes Ollama's log lines to stdout/stderr (journald, via the unit).
-import argparse
-import os
-import sys
-
-from ollama_watchdog.simulator import add_arguments, main
-
-if sys.argv[1:2] != ["serve"]:
-    sys.stderr.write("stand-in ollama: only 'serve' is implemented\\n")
-    sys.exit(2)
-parser = argparse.ArgumentParser(prog="ollama serve")
-add_arguments(parser)
-host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434")
-sys.exit(main(parser.parse_args(["--listen", host, "--control", "127.0.0.1:11435"])))
-"""
+# `ollama serve` runs our simulator (Ollama's API and log lines on stdout/stderr, so journald via
+# the unit) over the store in the ollama user's home; the unit cannot pass arguments, so the
+# fault-control address is baked into the script.
+STAND_IN_OLLAMA = standin_script(f"{VENV}/bin/python", serve_args=("--control", "127.0.0.1:11435"))
 
 
 @dataclass(frozen=True)
