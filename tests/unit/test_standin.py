@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -225,7 +226,7 @@ def standin(tmp_path: Path) -> Standin:
 @contextlib.contextmanager
 def serving(
     standin: Standin, *args: str
-) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, str]]]:
+) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, Any]]]:
     """``ollama serve ARGS`` run by its shebang; yields (process, base URL, ready-file data)."""
     ready = standin.script.parent / "ready.json"
     ready.unlink(missing_ok=True)
