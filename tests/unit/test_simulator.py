@@ -22,7 +22,6 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from fixtures.installer.standin import STANDIN_SCRIPT
 from support.sim import SimulatorProcess
 
 from ollama_watchdog.simulator.gguf import gguf_header
@@ -874,76 +873,3 @@ def test_go_runner_era_records_the_blob_path_as_the_layer_source(
         ).read_bytes()
     )
     assert manifest["layers"][0]["from"] == str(blobs_dir(sim) / WEIGHTS_DIGEST.replace(":", "-"))
-
-
-def test_the_standin_cli_creates_a_model_from_a_modelfile(
-    simulator: SimulatorProcess,
-    tmp_path: Path,
-) -> None:
-    """The installer's path: `ollama create NAME -f Modelfile` (stand-in CLI) over HTTP."""
-    (tmp_path / "model.gguf").write_bytes(WEIGHTS)
-    (tmp_path / "Modelfile").write_text(
-        "# the bundle's Modelfile\n"
-        "FROM ./model.gguf\n"
-        'TEMPLATE """{{ .System }}\n{{ .Prompt }}"""\n'
-        "SYSTEM You are the plant's maintenance assistant.\n"
-        "PARAMETER temperature 0.3\n"
-        'PARAMETER stop "<|end|>"\n'
-        'PARAMETER stop "<|user|>"\n'
-        "MESSAGE user Where is pump 3?\n"
-        "LICENSE internal use only\n"
-    )
-    env = dict(os.environ, OLLAMA_HOST=simulator.url.removeprefix("http://"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(STANDIN_SCRIPT),
-            "create",
-            "plant/assistant:v2",
-            "-f",
-            str(tmp_path / "Modelfile"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines()[-1] == "success"
-    show = post(simulator, "/api/show", {"model": "plant/assistant:v2"})
-    assert show.status_code == 200
-    manifest = json.loads(
-        (
-            simulator.work_dir
-            / "models"
-            / "manifests"
-            / "registry.ollama.ai"
-            / "plant"
-            / "assistant"
-            / "v2"
-        ).read_bytes()
-    )
-    layers = {layer["mediaType"].rsplit(".", 1)[1]: layer for layer in manifest["layers"]}
-    params = (blobs_dir(simulator) / layers["params"]["digest"].replace(":", "-")).read_bytes()
-    assert json.loads(params) == {"stop": ["<|end|>", "<|user|>"], "temperature": 0.3}
-    template = blobs_dir(simulator) / layers["template"]["digest"].replace(":", "-")
-    assert template.read_text() == "{{ .System }}\n{{ .Prompt }}"
-    # A second run uploads nothing new: the blob is already there (HEAD 200).
-    again = subprocess.run(
-        [
-            sys.executable,
-            str(STANDIN_SCRIPT),
-            "create",
-            "plant/assistant:v2",
-            "-f",
-            str(tmp_path / "Modelfile"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert again.returncode == 0, again.stderr
-    assert simulator.stdout_text().count('POST     "/api/blobs/') == 1
