@@ -101,9 +101,12 @@ _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 # rest of the line (client, method, path). That rest repeats (a few clients, a few routes),
 # so its method and route labels are looked up once and kept. A line the fast path does not
 # take goes through _GIN_RE: same result, only slower.
+# ASCII digits only (?a): a non-ASCII digit, as valid for _GIN_RE as for float(), is left to it.
 _GIN_HEAD_RE: Final = re.compile(
-    r"[^|]*\| (\d{3}) \| *(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|(?:(\d+)h)?(\d+)m(\d+)s) \|"
+    r"(?a)[^|]*\| (\d{3}) \| *(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|(?:(\d+)h)?(\d+)m(\d+)s) \|"
 )
+# "200" -> 200 without parsing it each time
+_STATUS: Final = {f"{code:03d}": code for code in range(1000)}
 _GIN_REST_RE: Final = re.compile(r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
 # rest of line -> (method, route). Bounded: emptied when full, so a scanner's random URLs
 # cost a regex per line and nothing more; long rests (huge URLs) are not kept at all.
@@ -178,8 +181,11 @@ _OOM_MARKERS: Final = (
 
 def _memory_or(kind: str, error: str) -> str:
     low = error.lower()
-    if any(m in low for m in _OOM_MARKERS):
-        return "out_of_memory"
+    # every marker says "memory" or "alloc": most errors need no look for each marker
+    if "memory" in low or "alloc" in low:
+        for marker in _OOM_MARKERS:
+            if marker in low:
+                return "out_of_memory"
     if "timed out waiting for" in low:
         return "load_timeout"
     return kind
@@ -234,23 +240,18 @@ _STDLOG_RE: Final = re.compile(
 
 def _value(line: str, start: int) -> str:
     """The slog value beginning at ``start``: bare up to a space, or Go-quoted."""
+    # A pager or a wrapper may have cut the line inside a quoted value: keep what is there.
     if line.startswith('"', start):
-        quote = '"'
-    elif line.startswith('\\"', start):  # the whole line was JSON-escaped by a wrapper
-        quote = '\\"'
-    else:
-        end = line.find(" ", start)
-        return line[start:] if end < 0 else line[start:end]
-    i = start + len(quote)
-    if quote == '"':
-        end = line.find('"', i)
+        end = line.find('"', start + 1)
         # skip escaped quotes inside the value (rare: only when the text contains one)
         while end > 0 and line[end - 1] == "\\":
             end = line.find('"', end + 1)
-    else:
-        end = line.find('\\"', i)
-    # a pager or a wrapper may have cut the line inside the value: keep what is there
-    return line[i:] if end < 0 else line[i:end]
+        return line[start + 1 :] if end < 0 else line[start + 1 : end]
+    if line.startswith('\\"', start):  # the whole line was JSON-escaped by a wrapper
+        end = line.find('\\"', start + 2)
+        return line[start + 2 :] if end < 0 else line[start + 2 : end]
+    end = line.find(" ", start)
+    return line[start:] if end < 0 else line[start:end]
 
 
 def _attr(line: str, key: str, start: int) -> str:
@@ -258,8 +259,15 @@ def _attr(line: str, key: str, start: int) -> str:
     return "" if at < 0 else _value(line, at + len(key) + 2)
 
 
-# most messages carry nothing but their level: share one instance per level
+# most messages carry nothing but their level: share one instance per level, and one per
+# level and meaning for the messages that carry nothing else
 _PLAIN: Final = {level: Message(level) for level in LEVELS}
+_ERRORS: Final = {
+    (level, kind): Message(level, error_kind=kind)
+    for level in LEVELS
+    for kind in RUNNER_ERROR_KINDS
+}
+_STARTS: Final = {level: Message(level, server_start=True) for level in LEVELS}
 
 
 def _message(level: str, msg: str, line: str, rest: int) -> Message:
@@ -267,19 +275,20 @@ def _message(level: str, msg: str, line: str, rest: int) -> Message:
     rule = _MSG_KINDS.get(msg)
     if rule is not None:
         kind = _memory_or(rule[1:], _attr(line, "error", rest)) if rule[0] == "?" else rule
-        return Message(level, error_kind=kind)
+        return _ERRORS[level, kind]
     if msg in _RUNNER_START_MSGS:
         blob = _BLOB_RE.search(line, rest)
         return Message(level, runner_blob=blob.group(1) if blob else None)
     if msg == "loaded runners":
         count = _attr(line, "count", rest)
-        return Message(level, loaded_runners=int(count) if count.isdigit() else None)
+        # isdecimal, not isdigit: int() refuses a superscript digit like "²"
+        return Message(level, loaded_runners=int(count) if count.isdecimal() else None)
     if msg == "server config" or msg.startswith("Listening on "):
-        return Message(level, server_start=True)
+        return _STARTS[level]
     return _PLAIN[level]
 
 
-def _parse_slog(line: str, at: int) -> Message | Malformed:
+def _slog_level(line: str, at: int) -> str | None:
     end = line.find(" ", at)
     word = line[at + 6 : end if end >= 0 else len(line)]
     level = _LEVEL_MAP.get(word)
@@ -287,8 +296,14 @@ def _parse_slog(line: str, at: int) -> Message | Malformed:
         # custom slog levels print as "DEBUG-4", "INFO+2": count them under their base
         base = word.split("-", 1)[0].split("+", 1)[0]
         level = _LEVEL_MAP.get(base)
-        if level is None:
-            return Malformed("slog")
+    return level
+
+
+def _parse_slog(line: str, at: int) -> Message | Malformed:
+    # INFO is the level of most lines: one call tells it
+    level = "info" if line.startswith("INFO ", at + 6) else _slog_level(line, at)
+    if level is None:
+        return Malformed("slog")
     m = line.find(" msg=", at)
     # Nearly every message is one we do not classify: one slice and one set lookup tell,
     # without taking the value out of its quotes first.
@@ -315,12 +330,25 @@ def _parse_stdlog(line: str) -> Message | None:
 # --- llama-server timings -------------------------------------------------------------------
 
 _TIMING_RE: Final = re.compile(r" +(\d+(?:\.\d+)?) ms / +(\d+) tok")
+# The same with the phase word, matched from 11 characters before " time = " (the width of
+# "prompt eval", to which llama-server pads the other two): one regex instead of a search
+# for the phase and then one for the numbers. Each branch ends where " time = " begins.
+_TIMING_AT_RE: Final = re.compile(
+    r"(?s)(?:(prompt )eval|.{7}eval|.{6}(total)) time = +(\d+(?:\.\d+)?) ms / +(\d+) tok"
+)
 
 
 def _parse_timing(line: str, at: int) -> Timing | None:
     """``at`` is where " time = " starts; the word before it names the phase."""
+    if at >= 11:  # the common case, every line of a print_timing block
+        found = _TIMING_AT_RE.match(line, at - 11)
+        if found is None:
+            return None
+        prompt, total, ms, tokens = found.groups()
+        phase: TimingPhase = "prompt" if prompt else "total" if total else "eval"
+        return _new(Timing, (phase, float(ms) / 1000.0, int(tokens)))
     if line.endswith("prompt eval", 0, at):
-        phase: TimingPhase = "prompt"
+        phase = "prompt"
     elif line.endswith("eval", 0, at):
         phase = "eval"
     elif line.endswith("total", 0, at):
@@ -374,7 +402,7 @@ def _parse_gin(line: str) -> Request | Malformed:
                     seconds = float(hours) * 3600.0 + float(minutes) * 60.0 + float(secs)
                 if not math.isfinite(seconds):
                     return Malformed("gin")
-            return _new(Request, (target[0], target[1], int(code), seconds))
+            return _new(Request, (target[0], target[1], _STATUS[code], seconds))
     found = _GIN_RE.match(line, at + 6)
     if found is None:
         return Malformed("gin")
