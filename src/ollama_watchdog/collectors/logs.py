@@ -18,7 +18,6 @@ raises, which the scheduler records as ``ollama_watchdog_collector_success{colle
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import os
@@ -26,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from prometheus_client.metrics_core import (
 from ollama_watchdog.logparse import (
     LEVELS,
     RUNNER_ERROR_KINDS,
-    Malformed,
+    Event,
     Message,
     Request,
     Timing,
@@ -135,7 +135,10 @@ class ModelNames:
 
 
 @dataclass
-class _Histogram:
+class _RouteCounts:
+    """The requests of one (method, route): a count per status code, a latency histogram."""
+
+    codes: dict[int, int]
     buckets: list[int]
     total: float = 0.0
 
@@ -162,8 +165,8 @@ class LogCounters:
         self._models = models or ModelNames(None)
         self.lines = 0
         self.unparsed = 0
-        self._requests: dict[tuple[str, str, str], int] = {}
-        self._durations: dict[tuple[str, str], _Histogram] = {}
+        # (method, route) -> counts: one lookup per request line for both metrics
+        self._routes: dict[tuple[str, str], _RouteCounts] = {}
         self._levels: dict[str, int] = dict.fromkeys(LEVELS, 0)
         self._errors: dict[str, int] = dict.fromkeys(RUNNER_ERROR_KINDS, 0)
         self._tokens: dict[str, _Tokens] = {}
@@ -173,49 +176,59 @@ class LogCounters:
 
     def feed(self, lines: Iterable[str]) -> None:
         """Parse and count a batch of lines (one lock acquisition per batch)."""
-        events = [parse_line(line) for line in lines]
+        # Parse outside the lock, so collect() never waits for it. Most lines give no event
+        # (None) and are only counted.
+        parsed = list(map(parse_line, lines))
+        events = [event for event in parsed if event is not None]
         with self._lock:
-            for event in events:
-                self._count(event)
+            self.lines += len(parsed)
+            self._count(events)
 
-    def _count(self, event: object) -> None:
-        self.lines += 1
-        kind = type(event)
-        if kind is Request:
-            assert isinstance(event, Request)
-            key = (event.method, event.route, str(event.code))
-            self._requests[key] = self._requests.get(key, 0) + 1
-            hist = self._durations.get(key[:2])
-            if hist is None:
-                hist = self._durations[key[:2]] = _Histogram([0] * (len(DURATION_BUCKETS) + 1))
-            hist.buckets[bisect.bisect_left(DURATION_BUCKETS, event.seconds)] += 1
-            hist.total += event.seconds
-        elif kind is Message:
-            assert isinstance(event, Message)
-            self._levels[event.level] += 1
-            if event.error_kind is not None:
-                self._errors[event.error_kind] += 1
-            if event.runner_blob is not None:
-                self._runner_blob = event.runner_blob
-            if event.loaded_runners is not None:
-                self._loaded_runners = event.loaded_runners
-            if event.server_start:
-                # a new server has no runners yet: whatever was live died with the old one
-                self._runner_blob = None
-                self._loaded_runners = 0
-        elif kind is Timing:
-            assert isinstance(event, Timing)
-            tokens = self._tokens_for(self._current_model())
-            if event.phase == "prompt":
-                tokens.prompt_tokens += event.tokens
-                tokens.prompt_seconds += event.seconds
-            elif event.phase == "eval":
-                tokens.generated_tokens += event.tokens
-                tokens.generation_seconds += event.seconds
-            else:
-                tokens.completions += 1
-        elif kind is Malformed:
-            self.unparsed += 1
+    def _count(self, events: list[Event]) -> None:
+        # One loop per batch with the counters bound to locals: this runs for every event.
+        routes, levels = self._routes, self._levels
+        tokens: _Tokens | None = None  # of the current model, looked up once per batch
+        for event in events:
+            if isinstance(event, Request):
+                method, route, code, seconds = event
+                counts = routes.get((method, route))
+                if counts is None:
+                    counts = routes[method, route] = _RouteCounts(
+                        {}, [0] * (len(DURATION_BUCKETS) + 1)
+                    )
+                counts.codes[code] = counts.codes.get(code, 0) + 1
+                counts.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+                counts.total += seconds
+            elif isinstance(event, Timing):
+                phase, seconds, count = event
+                if tokens is None:
+                    tokens = self._tokens_for(self._current_model())
+                if phase == "prompt":
+                    tokens.prompt_tokens += count
+                    tokens.prompt_seconds += seconds
+                elif phase == "eval":
+                    tokens.generated_tokens += count
+                    tokens.generation_seconds += seconds
+                else:
+                    tokens.completions += 1
+            elif isinstance(event, Message):
+                level, error_kind, runner_blob, loaded_runners, server_start = event
+                levels[level] += 1
+                if error_kind is not None:
+                    self._errors[error_kind] += 1
+                if runner_blob is not None:
+                    self._runner_blob = runner_blob
+                    tokens = None  # the model may have changed
+                if loaded_runners is not None:
+                    self._loaded_runners = loaded_runners
+                    tokens = None
+                if server_start:
+                    # a new server has no runners yet: whatever was live died with the old one
+                    self._runner_blob = None
+                    self._loaded_runners = 0
+                    tokens = None
+            else:  # Malformed
+                self.unparsed += 1
 
     def _current_model(self) -> str:
         if self._runner_blob is None or self._loaded_runners > 1:
@@ -236,8 +249,9 @@ class LogCounters:
         """Complete metric families from a consistent copy of the counters."""
         with self._lock:
             lines, unparsed = self.lines, self.unparsed
-            requests = dict(self._requests)
-            durations = {k: (list(h.buckets), h.total) for k, h in self._durations.items()}
+            routes = {
+                key: (dict(c.codes), list(c.buckets), c.total) for key, c in self._routes.items()
+            }
             levels = dict(self._levels)
             errors = dict(self._errors)
             tokens = {m: _Tokens(**vars(t)) for m, t in self._tokens.items()}
@@ -247,14 +261,15 @@ class LogCounters:
             "Requests Ollama logged (gin request log), by method, route and status code.",
             labels=["method", "route", "code"],
         )
-        for key, n in sorted(requests.items()):
-            req.add_metric(list(key), n)
+        for (method, route), (codes, _, _) in sorted(routes.items()):
+            for code, n in sorted((str(code), n) for code, n in codes.items()):
+                req.add_metric([method, route, code], n)
         dur = HistogramMetricFamily(
             "ollama_http_request_duration_seconds",
             "Request latency as Ollama logged it (whole seconds above one minute).",
             labels=["method", "route"],
         )
-        for (method, route), (buckets, total) in sorted(durations.items()):
+        for (method, route), (_, buckets, total) in sorted(routes.items()):
             cumulative: list[tuple[str, float]] = []
             running = 0
             for le, n in zip(_BUCKET_LABELS, buckets, strict=True):
