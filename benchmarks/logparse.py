@@ -5,10 +5,19 @@ Not a test. Run: ``.venv/bin/python benchmarks/logparse.py [--lines 1000000]`` (
 
 1. Parser lines/s on a realistic mix (below), ours (``parse_line``: requests, slog levels and
    runner errors, token timings) next to ollama-mtop's ``strip_ansi`` + ``split_line`` +
-   ``parse_gin`` (requests only), same lines, same process, best of 3.
+   ``parse_gin`` (requests only), same lines, same process, best of 3. Two ways:
+   *consumed*: each result is dropped once made, as both tools use their parser (our
+   collector counts a batch of events and drops them); *kept*: all results kept in one list
+   (this benchmark's first harness). Keeping a million results measures the garbage
+   collector as well: our events are NamedTuples, which CPython's collector never untracks
+   (it untracks exact tuples and dicts only), so every one stays in the full collections
+   that a growing heap triggers, while the peer's dicts are untracked at once.
 2. The same on gin lines only (the one job both tools do).
 3. The whole file pipeline: ``LogsCollector("file")`` reading a file of the mix into counters.
 4. Our process's CPU while a separate writer process appends 1 000 lines/s for 20 s.
+5. The whole daemon (``ollama-watchdog run``, its own process, default 10 s probes against the
+   simulator, logs from a file) at rest and then while the writer appends 1 000 lines/s:
+   its CPU from /proc, all threads.
 
 The mix is drawn (seeded) from pools of real lines: real-logs.txt's gin and slog lines (with
 their journald/docker prefixes) and llama-server's per-request output (FACTS.md §2.7). Shares:
@@ -80,30 +89,42 @@ def best_of(fn: Callable[[], object], runs: int = 3) -> float:
     return min(times)
 
 
-def ours(lines: list[str]) -> Callable[[], object]:
-    def run() -> object:
-        p = parse_line
+def ours(lines: list[str], keep: bool) -> Callable[[], object]:
+    p = parse_line
+
+    def kept() -> object:
         return [p(x) for x in lines]
 
-    return run
+    def consumed() -> object:
+        for x in lines:
+            p(x)
+        return None
+
+    return kept if keep else consumed
 
 
-def peer(lines: list[str]) -> Callable[[], object] | None:
+def peer(lines: list[str], keep: bool) -> Callable[[], object] | None:
     try:
-        from mtop.logs import parse_gin, split_line, strip_ansi
+        from mtop.logs import parse_gin, split_line, strip_ansi  # type: ignore[import-untyped]
     except ImportError:
         return None
 
-    def run() -> object:
+    def kept() -> object:
         return [parse_gin(split_line(strip_ansi(x))[1]) for x in lines]
 
-    return run
+    def consumed() -> object:
+        for x in lines:
+            parse_gin(split_line(strip_ansi(x))[1])
+        return None
+
+    return kept if keep else consumed
 
 
-def parser_rates(label: str, lines: list[str]) -> None:
+def parser_rates(label: str, lines: list[str], keep: bool) -> None:
+    label = f"{label}, results {'kept in a list' if keep else 'consumed'}"
     n = len(lines)
-    ours_s = best_of(ours(lines))
-    peer_fn = peer(lines)
+    ours_s = best_of(ours(lines, keep))
+    peer_fn = peer(lines, keep)
     peer_s = best_of(peer_fn) if peer_fn else None
     ours_rate = n / ours_s
     if peer_s is None:
@@ -184,20 +205,85 @@ def steady_cpu(lines: list[str], rate: int = 1000, seconds: float = 20.0) -> Non
     )
 
 
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, all threads, in clock ticks (proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def daemon_cpu(lines: list[str], rate: int = 1000, seconds: float = 20.0) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.daemon import DaemonProcess, quick_config
+    from support.tools import free_port
+
+    from ollama_watchdog.demo import SimulatorSupervisor
+
+    tick = os.sysconf("SC_CLK_TCK")
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        src, log = tmp / "mix.log", tmp / "ollama.log"
+        src.write_text("\n".join(lines[:100_000]) + "\n", encoding="utf-8")
+        log.touch()
+        sup = SimulatorSupervisor(
+            f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", tmp / "sim"
+        )
+        (tmp / "sim").mkdir()
+        sup.start()
+        try:
+            cfg = quick_config(
+                f"http://{sup.listen}", tmp,
+                probe={"interval": "10s"},  # the default
+                logs={"source": "file", "path": str(log)},
+            )  # fmt: skip
+            with DaemonProcess(cfg, tmp) as daemon:
+                assert daemon.proc is not None
+                pid = daemon.proc.pid
+                daemon.wait_value("ollama_up", 1.0)
+                c0, t0 = _cpu_ticks(pid), time.perf_counter()
+                time.sleep(seconds)
+                c1, t1 = _cpu_ticks(pid), time.perf_counter()
+                writer = subprocess.run(
+                    [sys.executable, "-c", WRITER, str(src), str(log), str(rate), str(seconds)],
+                    capture_output=True, text=True, timeout=seconds + 60, check=True,
+                )  # fmt: skip
+                c2, t2 = _cpu_ticks(pid), time.perf_counter()
+                written = int(writer.stdout)
+                # outside the window: the scrapes of this wait cost the daemon CPU too
+                seen = daemon.wait_value("ollama_watchdog_log_lines_total", written, timeout=60)
+        finally:
+            sup.stop()
+    idle = (c1 - c0) / tick / (t1 - t0)
+    busy = (c2 - c1) / tick / (t2 - t1)
+    print(
+        f"| whole daemon at rest (10 s probes, simulator) | | {100 * idle:.2f} % of one core "
+        f"| {(c1 - c0) / tick:.2f} s CPU / {t1 - t0:.1f} s | |"
+    )
+    print(
+        f"| whole daemon, writer appends {rate} lines/s for {seconds:.0f} s | {written} "
+        f"({seen:.0f} counted) | {100 * busy:.2f} % of one core "
+        f"| {(c2 - c1) / tick:.2f} s CPU / {t2 - t1:.1f} s | |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--steady-seconds", type=float, default=20.0)
     args = ap.parse_args()
     lines = mix(args.lines)
+    gin = [x for x in lines if "[GIN] " in x]
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")  # fmt: skip
+          f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     print("\n| run | lines | ours (lines/s) | ollama-mtop (lines/s) | ours / peer |")
     print("|---|---|---|---|---|")
-    parser_rates("parser, realistic mix", lines)
-    parser_rates("parser, gin lines only", [x for x in lines if "[GIN] " in x])
+    for keep in (False, True):
+        parser_rates("parser, realistic mix", lines, keep)
+        parser_rates("parser, gin lines only", gin, keep)
     pipeline(lines)
     steady_cpu(lines, seconds=args.steady_seconds)
+    daemon_cpu(lines, seconds=args.steady_seconds)
+    # the machine may be shared: say how busy it was
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
