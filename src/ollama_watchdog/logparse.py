@@ -13,10 +13,15 @@ inside the line. Every label value an event carries comes from a fixed set
 (:mod:`ollama_watchdog.routes`, :data:`LEVELS`, :data:`RUNNER_ERROR_KINDS`), so no input can
 create new series, and no message text or prompt ever leaves this module.
 
-Speed matters (the parser sees every line Ollama writes): each kind of line is recognised by a
-substring test before any regex runs, and each kind has one compiled regex at most. Events are
-NamedTuples rather than frozen dataclasses: just as immutable, and several times cheaper to
-build (a frozen dataclass sets each field through ``object.__setattr__``).
+Speed matters (the parser sees every line Ollama writes). Each kind of line is recognised by
+an ``in`` test before any regex runs. The common form of each kind (a gin line without colours
+under a minute or in whole minutes, a message we do not classify, a padded timing line) takes a
+fast path of one regex or a few string calls; every other form falls back to a general path,
+which gives the same event for the common form too (tests/unit/test_logparse_paths.py holds
+them to that). Events are NamedTuples rather than frozen dataclasses: just as immutable, and
+several times cheaper to build (a frozen dataclass sets each field through
+``object.__setattr__``); messages that carry nothing but a level and a fixed meaning are
+shared instances.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ class Malformed(NamedTuple):
 
 Event = Request | Message | Timing | Malformed
 
+# Events on hot paths are built with tuple.__new__ directly, as NamedTuple's generated __new__
+# does, minus its Python frame: the same object, at half the cost.
+_new: Final = tuple.__new__
+
 # --- gin ------------------------------------------------------------------------------------
 
 # After "[GIN] ": date and time (unused: local time without a zone), status, latency, client,
@@ -109,7 +118,8 @@ _GIN_HEAD_RE: Final = re.compile(
 _STATUS: Final = {f"{code:03d}": code for code in range(1000)}
 _GIN_REST_RE: Final = re.compile(r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
 # rest of line -> (method, route). Bounded: emptied when full, so a scanner's random URLs
-# cost a regex per line and nothing more; long rests (huge URLs) are not kept at all.
+# cost a regex per line and nothing more; long rests (huge URLs) are not kept at all. A dict's
+# get, set and clear are atomic under the GIL: callers on several threads need no lock.
 _TARGETS: Final[dict[str, tuple[str, str]]] = {}
 _TARGETS_MAX: Final = 4096
 _TARGET_KEY_MAX: Final = 256
@@ -147,6 +157,58 @@ def parse_go_duration(text: str) -> float | None:
     for value, unit in _DURATION_PART_RE.findall(text):
         total += float(value) * _UNITS[unit]
     return total if math.isfinite(total) else None
+
+
+# --- gin lines ------------------------------------------------------------------------------
+
+
+def _gin_target(rest: str) -> tuple[str, str] | None:
+    """Method and route labels from the part of a gin line after the latency."""
+    found = _GIN_REST_RE.match(rest)
+    if found is None:
+        return None
+    target = (method_label(found[1]), route_label(found[2]))
+    if len(rest) <= _TARGET_KEY_MAX:
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[rest] = target
+    return target
+
+
+def _parse_gin(line: str) -> Request | Malformed:
+    """A line with ``[GIN] ``: the fast path, else the general one (_GIN_RE)."""
+    at = line.find("[GIN] ")
+    if "\x1b" in line:
+        line = _ANSI_RE.sub("", line)
+        at = line.find("[GIN] ")
+    head = _GIN_HEAD_RE.match(line, at + 6)
+    if head is not None:
+        rest = line[head.end() :]
+        target = _TARGETS.get(rest) or _gin_target(rest)
+        if target is not None:
+            code, number, unit, hours, minutes, secs = head.groups()
+            if number is not None:
+                seconds = float(number) * _UNITS[unit]
+            else:
+                # the sum parse_go_duration makes of the same parts, to the last bit
+                seconds = float(minutes) * 60.0 + float(secs)
+                if hours is not None:
+                    seconds = float(hours) * 3600.0 + float(minutes) * 60.0 + float(secs)
+                if not math.isfinite(seconds):
+                    return Malformed("gin")
+            return _new(Request, (target[0], target[1], _STATUS[code], seconds))
+    found = _GIN_RE.match(line, at + 6)
+    if found is None:
+        return Malformed("gin")
+    code, number, unit, latency, method, path = found.groups()
+    if number is not None:
+        seconds = float(number) * _UNITS[unit]
+    else:
+        parsed = parse_go_duration(latency)
+        if parsed is None:
+            return Malformed("gin")
+        seconds = parsed
+    return _new(Request, (method_label(method), route_label(path), int(code), seconds))
 
 
 # --- slog -----------------------------------------------------------------------------------
@@ -363,58 +425,6 @@ def _parse_timing(line: str, at: int) -> Timing | None:
 
 
 # --- the entry point ------------------------------------------------------------------------
-
-# Events are built with tuple.__new__ directly, as NamedTuple's generated __new__ does, minus
-# its Python frame: the same object, at half the cost, on the path every request line takes.
-_new: Final = tuple.__new__
-
-
-def _gin_target(rest: str) -> tuple[str, str] | None:
-    """Method and route labels from the part of a gin line after the latency."""
-    found = _GIN_REST_RE.match(rest)
-    if found is None:
-        return None
-    target = (method_label(found[1]), route_label(found[2]))
-    if len(rest) <= _TARGET_KEY_MAX:
-        if len(_TARGETS) >= _TARGETS_MAX:
-            _TARGETS.clear()
-        _TARGETS[rest] = target
-    return target
-
-
-def _parse_gin(line: str) -> Request | Malformed:
-    at = line.find("[GIN] ")
-    if "\x1b" in line:
-        line = _ANSI_RE.sub("", line)
-        at = line.find("[GIN] ")
-    head = _GIN_HEAD_RE.match(line, at + 6)
-    if head is not None:
-        rest = line[head.end() :]
-        target = _TARGETS.get(rest) or _gin_target(rest)
-        if target is not None:
-            code, number, unit, hours, minutes, secs = head.groups()
-            if number is not None:
-                seconds = float(number) * _UNITS[unit]
-            else:
-                # the sum parse_go_duration makes of the same parts, to the last bit
-                seconds = float(minutes) * 60.0 + float(secs)
-                if hours is not None:
-                    seconds = float(hours) * 3600.0 + float(minutes) * 60.0 + float(secs)
-                if not math.isfinite(seconds):
-                    return Malformed("gin")
-            return _new(Request, (target[0], target[1], _STATUS[code], seconds))
-    found = _GIN_RE.match(line, at + 6)
-    if found is None:
-        return Malformed("gin")
-    code, number, unit, latency, method, path = found.groups()
-    if number is not None:
-        seconds = float(number) * _UNITS[unit]
-    else:
-        parsed = parse_go_duration(latency)
-        if parsed is None:
-            return Malformed("gin")
-        seconds = parsed
-    return _new(Request, (method_label(method), route_label(path), int(code), seconds))
 
 
 def parse_line(line: str) -> Event | None:
