@@ -590,6 +590,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             load_only = not prompt_text
         stream = req.get("stream") is not False
         entry = self._acquire(sim, model, options, chat=chat)
+        # /api/ps shows this request's expiry while it runs, not "forever": a client that
+        # reads /api/ps right after the final chunk must not race the release below
+        sim.scheduler.touch(entry, keep_alive)
         loaded_ns = time.monotonic_ns()
         head: dict[str, object] = {"model": self._model_name(req)}
         if load_only:
@@ -705,6 +708,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             raise ApiError(400, "invalid input type")
         entry = self._acquire(sim, model, options, chat=False)
+        sim.scheduler.touch(entry, keep_alive)
         loaded_ns = time.monotonic_ns()
         try:
             vectors = [embedding_vector(model.name, text, model.embedding_length)
