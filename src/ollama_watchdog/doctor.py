@@ -207,6 +207,8 @@ def read_log_tail(config: Config, lines: int) -> tuple[list[str] | None, str]:
         except OSError as exc:
             return None, f"cannot read {path}: {exc.strerror}"
         return text.splitlines()[-lines:], ""
+    if not config.ollama.unit:
+        return None, "no unit to read the journal of: set [ollama] unit, or [logs] source = file"
     result = run_command(
         ["journalctl", "-u", config.ollama.unit, "-o", "cat", "-n", str(lines), "--no-pager"]
     )
@@ -598,8 +600,13 @@ def stored_parameters(store: ModelStore, scan: StoreScan) -> dict[str, list[str]
 
 def run_doctor(config: Config, modelfiles: Sequence[Path], log_lines: int) -> list[Finding]:
     findings: list[Finding] = []
-    props, why = systemd_properties(config.ollama.unit)
-    findings.append(judge_service(config.ollama.unit, props, why))
+    if config.ollama.unit:
+        props, why = systemd_properties(config.ollama.unit)
+        findings.append(judge_service(config.ollama.unit, props, why))
+    else:
+        findings.append(
+            Finding("service", Level.SKIP, "no systemd unit configured ([ollama] unit is empty)")
+        )
 
     url = urlsplit(config.ollama.url)
     port = url.port or (443 if url.scheme == "https" else 80)

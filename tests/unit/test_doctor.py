@@ -348,3 +348,25 @@ def test_doctor_when_ollama_is_down_and_the_store_damaged(
         f"1 referenced blobs absent, 0 of the wrong size (models: {scan.manifests[0].name})"
         in blobs
     )
+
+
+def test_doctor_without_a_unit_skips_systemd_and_says_why(
+    live: tuple[SimulatorProcess, Path],
+) -> None:
+    sim, tmp_path = live
+    config = write_config(
+        tmp_path / "nounit.toml",
+        {
+            "ollama": {"url": sim.url, "unit": "", "models_dir": str(tmp_path / "models")},
+            "gpu": {"enabled": "false"},
+        },
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ollama_watchdog", "doctor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "[logs] source = file" in line_of(proc.stdout, "SKIP", "log")
+    assert "[ollama] unit is empty" in line_of(proc.stdout, "SKIP", "service")
+    assert "Ollama 0.32.15 answers at" in line_of(proc.stdout, " OK ", "api")
