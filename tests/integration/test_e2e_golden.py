@@ -107,7 +107,18 @@ def test_metrics_match_the_golden_file(
             d,
             lambda: d.value("ollama_models_loaded") == 1.0
             and d.value("ollama_process_runners") == 1.0
-            and d.value("ollama_log_timed_completions_total", model=model) == 1.0,
+            and d.value("ollama_log_timed_completions_total", model=model) == 1.0
+            # the follower starts at the end of the file: wait until each probe's request
+            # line written after that has been counted, so every series is there
+            and all(
+                (d.value("ollama_http_requests_total", code="200", method=m, route=r) or 0) >= 1
+                for m, r in (
+                    ("GET", "/api/version"),
+                    ("GET", "/api/tags"),
+                    ("GET", "/api/ps"),
+                    ("POST", "/api/generate"),
+                )
+            ),
         )
         raw = d.metrics_text()
     got = normalise(raw)
