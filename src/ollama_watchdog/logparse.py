@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple, TypeVar
 
 from ollama_watchdog.routes import method_label, route_label
 
@@ -86,6 +86,7 @@ class Malformed(NamedTuple):
 
 
 Event = Request | Message | Timing | Malformed
+_V = TypeVar("_V")
 
 # Events on hot paths are built with tuple.__new__ directly, as NamedTuple's generated __new__
 # does, minus its Python frame: the same object, at half the cost.
@@ -105,24 +106,30 @@ _GIN_RE: Final = re.compile(
 )
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 
-# The fast path splits _GIN_RE in two, as gin prints a line: status and latency (one number
-# and unit below a minute, whole minutes and seconds above: gin truncates there), then the
-# rest of the line (client, method, path). That rest repeats (a few clients, a few routes),
-# so its method and route labels are looked up once and kept. A line the fast path does not
-# take goes through _GIN_RE: same result, only slower.
+# The fast path takes the common form, as gin prints it: status, then latency (one number and
+# unit below a minute, whole minutes and seconds above, as gin truncates there), then the rest
+# of the line (client, method, path). It is one match from the start of the line: the prefix
+# up to the first "[GIN] " is skipped by possessive loops, so the first marker decides, as in
+# _parse_gin. The rest repeats (a few clients, a few routes), so its method and route labels
+# are looked up once and kept; so are the few long latencies (whole seconds). A line the fast
+# path does not take goes through _parse_gin (_GIN_RE): same result, only slower.
 # ASCII digits only (?a): a non-ASCII digit, as valid for _GIN_RE as for float(), is left to it.
-_GIN_HEAD_RE: Final = re.compile(
-    r"(?a)[^|]*\| (\d{3}) \| *(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|(?:(\d+)h)?(\d+)m(\d+)s) \|"
-)
+_GIN_FAST: Final = re.compile(
+    r"(?as)[^\[]*+(?:\[(?!GIN\] )[^\[]*+)*+\[GIN\] [^|]*\| (\d{3}) \| *"
+    r"(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|((?:\d+h)?\d+m\d+s)) \|(.*)"
+).match
 # "200" -> 200 without parsing it each time
 _STATUS: Final = {f"{code:03d}": code for code in range(1000)}
 _GIN_REST_RE: Final = re.compile(r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
-# rest of line -> (method, route). Bounded: emptied when full, so a scanner's random URLs
-# cost a regex per line and nothing more; long rests (huge URLs) are not kept at all. A dict's
-# get, set and clear are atomic under the GIL: callers on several threads need no lock.
+# rest of line -> (method, route); long latency ("2m48s") -> seconds. Bounded: emptied when
+# full, so a scanner's random URLs cost a regex per line and nothing more; long keys (huge
+# URLs) are not kept at all. A dict's get, set and clear are atomic under the GIL: callers on
+# several threads need no lock.
 _TARGETS: Final[dict[str, tuple[str, str]]] = {}
-_TARGETS_MAX: Final = 4096
-_TARGET_KEY_MAX: Final = 256
+_LONG: Final[dict[str, float]] = {}
+_CACHE_MAX: Final = 4096
+_CACHE_KEY_MAX: Final = 256
+_LONG_RE: Final = re.compile(r"(?a)(?:(\d+)h)?(\d+)m(\d+)s")
 
 # --- Go durations ---------------------------------------------------------------------------
 
@@ -162,41 +169,40 @@ def parse_go_duration(text: str) -> float | None:
 # --- gin lines ------------------------------------------------------------------------------
 
 
+def _remember(cache: dict[str, _V], key: str, value: _V) -> _V:
+    if len(key) <= _CACHE_KEY_MAX:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
 def _gin_target(rest: str) -> tuple[str, str] | None:
     """Method and route labels from the part of a gin line after the latency."""
     found = _GIN_REST_RE.match(rest)
     if found is None:
         return None
-    target = (method_label(found[1]), route_label(found[2]))
-    if len(rest) <= _TARGET_KEY_MAX:
-        if len(_TARGETS) >= _TARGETS_MAX:
-            _TARGETS.clear()
-        _TARGETS[rest] = target
-    return target
+    return _remember(_TARGETS, rest, (method_label(found[1]), route_label(found[2])))
+
+
+def _long_latency(text: str) -> float | None:
+    """Seconds of a latency in whole minutes and seconds (``2m48s``, ``1h2m3s``)."""
+    found = _LONG_RE.fullmatch(text)
+    if found is None:
+        return None
+    hours, minutes, secs = found.groups()
+    # the sum parse_go_duration makes of the same parts, to the last bit
+    seconds = float(minutes) * 60.0 + float(secs)
+    if hours is not None:
+        seconds = float(hours) * 3600.0 + float(minutes) * 60.0 + float(secs)
+    return _remember(_LONG, text, seconds) if math.isfinite(seconds) else None
 
 
 def _parse_gin(line: str) -> Request | Malformed:
-    """A line with ``[GIN] ``: the fast path, else the general one (_GIN_RE)."""
-    at = line.find("[GIN] ")
+    """A line with ``[GIN] `` that the fast path did not take: the general path (_GIN_RE)."""
     if "\x1b" in line:
         line = _ANSI_RE.sub("", line)
-        at = line.find("[GIN] ")
-    head = _GIN_HEAD_RE.match(line, at + 6)
-    if head is not None:
-        rest = line[head.end() :]
-        target = _TARGETS.get(rest) or _gin_target(rest)
-        if target is not None:
-            code, number, unit, hours, minutes, secs = head.groups()
-            if number is not None:
-                seconds = float(number) * _UNITS[unit]
-            else:
-                # the sum parse_go_duration makes of the same parts, to the last bit
-                seconds = float(minutes) * 60.0 + float(secs)
-                if hours is not None:
-                    seconds = float(hours) * 3600.0 + float(minutes) * 60.0 + float(secs)
-                if not math.isfinite(seconds):
-                    return Malformed("gin")
-            return _new(Request, (target[0], target[1], _STATUS[code], seconds))
+    at = line.find("[GIN] ")
     found = _GIN_RE.match(line, at + 6)
     if found is None:
         return Malformed("gin")
@@ -427,11 +433,29 @@ def _parse_timing(line: str, at: int) -> Timing | None:
 # --- the entry point ------------------------------------------------------------------------
 
 
+# The gin fast path runs inline: request lines are the most common lines worth parsing, and
+# a Python call costs about a third of a regex match here.
+_TARGETS_GET: Final = _TARGETS.get
+_LONG_GET: Final = _LONG.get
+
+
 def parse_line(line: str) -> Event | None:
     """Parse one log line; None when it is nothing we count (most runner output)."""
     # Most lines carry no marker at all: ``in`` answers that without a method call, and the
     # position is looked for only on a hit. The order is the priority when markers mix.
     if "[GIN] " in line:
+        # colours (rare: gin colours a terminal only) are stripped by the general path
+        found = None if "\x1b" in line else _GIN_FAST(line)
+        if found is not None:
+            code, number, unit, long, rest = found.groups()
+            target = _TARGETS_GET(rest) or _gin_target(rest)
+            if target is not None:
+                if number is not None:
+                    seconds: float | None = float(number) * _UNITS[unit]
+                else:
+                    seconds = _LONG_GET(long) or _long_latency(long)
+                if seconds is not None:
+                    return _new(Request, (target[0], target[1], _STATUS[code], seconds))
         return _parse_gin(line)
     if "level=" in line:
         return _parse_slog(line, line.find("level="))

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ollama_watchdog.logparse import Message, Request, Timing, parse_line
+from ollama_watchdog.logparse import Malformed, Message, Request, Timing, parse_line
 from ollama_watchdog.routes import METHODS, ROUTES, route_label
 from ollama_watchdog.simulator.logformat import (
     format_gin_line,
@@ -73,6 +73,33 @@ def test_many_distinct_paths_keep_every_label_right() -> None:
 def test_a_huge_url_is_parsed_like_a_short_one() -> None:
     line = format_gin_line(WHEN, 404, 0.002, "127.0.0.1", "GET", "/api/tags?" + "x" * 5000)
     assert parse_line(line) == Request("GET", "/api/tags", 404, 0.002)
+
+
+def test_long_latencies_stay_exact_past_the_cache() -> None:
+    """Whole-second latencies above a minute are remembered; thousands of them stay exact."""
+    for secs in [*range(60, 9000, 1), 60, 61, 3599]:  # more than the cache holds, then again
+        h, rest = divmod(secs, 3600)
+        text = (f"{h}h" if h else "") + f"{rest // 60}m{rest % 60}s"
+        line = format_gin_line(WHEN, 200, float(secs), "127.0.0.1", "POST", "/api/chat")
+        assert f"| {text:>13} |" in line or f"|{text:>14} |" in line, line
+        assert parse_line(line) == Request("POST", "/api/chat", 200, float(secs)), line
+
+
+@pytest.mark.parametrize(
+    ("prefix", "event"),
+    [
+        # the first marker opens a request line: the text up to its first "|" is the date
+        ("junk [GIN] x", Request("GET", "/api/tags", 200, 0.0015)),
+        # the first marker does not: the line is malformed, whatever follows
+        ("junk [GIN] | ", Malformed("gin")),
+        ("[GIN] 404 |", Malformed("gin")),
+    ],
+)
+def test_the_first_gin_marker_decides(prefix: str, event: Request | Malformed) -> None:
+    line = prefix + format_gin_line(WHEN, 200, 0.0015, "127.0.0.1", "GET", "/api/tags")
+    assert parse_line(line) == event
+    # the general path (taken for coloured lines) reads the same line the same way
+    assert parse_line(line.replace("| GET", "|\x1b[0m GET", 1)) == event
 
 
 # --- slog -----------------------------------------------------------------------------------
