@@ -397,36 +397,24 @@ def _parse_stdlog(line: str) -> Message | None:
 
 # --- llama-server timings -------------------------------------------------------------------
 
-_TIMING_RE: Final = re.compile(r" +(\d+(?:\.\d+)?) ms / +(\d+) tok")
-# The same with the phase word, matched from 11 characters before " time = " (the width of
-# "prompt eval", to which llama-server pads the other two): one regex instead of a search
-# for the phase and then one for the numbers. Each branch ends where " time = " begins.
-_TIMING_AT_RE: Final = re.compile(
-    r"(?s)(?:(prompt )eval|.{7}eval|.{6}(total)) time = +(\d+(?:\.\d+)?) ms / +(\d+) tok"
-)
+# Matched where " time = " begins: lookbehinds read the phase word before it (at any width,
+# from the start of the line on), then the numbers follow. "prompt eval" is tried before
+# "eval", which it also ends with.
+_TIMING_AT: Final = re.compile(
+    r"(?:(?<=prompt eval)()|(?<=total)()|(?<=eval)) time = +(\d+(?:\.\d+)?) ms / +(\d+) tok"
+).match
 
 
 def _parse_timing(line: str, at: int) -> Timing | None:
     """``at`` is where " time = " starts; the word before it names the phase."""
-    if at >= 11:  # the common case, every line of a print_timing block
-        found = _TIMING_AT_RE.match(line, at - 11)
-        if found is None:
-            return None
-        prompt, total, ms, tokens = found.groups()
-        phase: TimingPhase = "prompt" if prompt else "total" if total else "eval"
-        return _new(Timing, (phase, float(ms) / 1000.0, int(tokens)))
-    if line.endswith("prompt eval", 0, at):
-        phase = "prompt"
-    elif line.endswith("eval", 0, at):
-        phase = "eval"
-    elif line.endswith("total", 0, at):
-        phase = "total"
-    else:
-        return None
-    found = _TIMING_RE.match(line, at + 7)
+    found = _TIMING_AT(line, at)
     if found is None:
         return None
-    ms, tokens = found.groups()
+    prompt, total, ms, tokens = found.groups()
+    # an empty group that took part is "", one that did not is None
+    phase: TimingPhase = (
+        "prompt" if prompt is not None else "total" if total is not None else "eval"
+    )
     return _new(Timing, (phase, float(ms) / 1000.0, int(tokens)))
 
 
