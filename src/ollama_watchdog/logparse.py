@@ -107,21 +107,21 @@ _GIN_RE: Final = re.compile(
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 
 # The fast path takes the common form, as gin prints it: status, then latency (one number and
-# unit below a minute, whole minutes and seconds above, as gin truncates there), then the rest
-# of the line (client, method, path). It is one match from the start of the line: the prefix
-# up to the first "[GIN] " is skipped by possessive loops, so the first marker decides, as in
-# _parse_gin. The rest repeats (a few clients, a few routes), so its method and route labels
-# are looked up once and kept; so are the few long latencies (whole seconds). A line the fast
-# path does not take goes through _parse_gin (_GIN_RE): same result, only slower.
+# unit below a minute, whole minutes and seconds above, as gin truncates there), the client,
+# then the end of the line (method and path). It is one match from the start of the line: the
+# prefix up to the first "[GIN] " is skipped by possessive loops, so the first marker decides,
+# as in _parse_gin. The end repeats (a few methods and routes, whoever the client), so its
+# labels are looked up once and kept; so are the long latencies (whole seconds). A line the
+# fast path does not take goes through _parse_gin (_GIN_RE): same result, only slower.
 # ASCII digits only (?a): a non-ASCII digit, as valid for _GIN_RE as for float(), is left to it.
 _GIN_FAST: Final = re.compile(
     r"(?as)[^\[]*+(?:\[(?!GIN\] )[^\[]*+)*+\[GIN\] [^|]*\| (\d{3}) \| *"
-    r"(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|((?:\d+h)?\d+m\d+s)) \|(.*)"
+    r"(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|((?:\d+h)?\d+m\d+s)) \|[^|]*\| (.*)"
 ).match
 # "200" -> 200 without parsing it each time
 _STATUS: Final = {f"{code:03d}": code for code in range(1000)}
-_GIN_REST_RE: Final = re.compile(r"[^|]*\| ([A-Z]+) +\\?\"([^\"\\]*)")
-# rest of line -> (method, route); long latency ("2m48s") -> seconds. Bounded: emptied when
+_GIN_TARGET_RE: Final = re.compile(r"([A-Z]+) +\\?\"([^\"\\]*)")
+# end of line -> (method, route); long latency ("2m48s") -> seconds. Bounded: emptied when
 # full, so a scanner's random URLs cost a regex per line and nothing more; long keys (huge
 # URLs) are not kept at all. A dict's get, set and clear are atomic under the GIL: callers on
 # several threads need no lock.
@@ -177,12 +177,12 @@ def _remember(cache: dict[str, _V], key: str, value: _V) -> _V:
     return value
 
 
-def _gin_target(rest: str) -> tuple[str, str] | None:
-    """Method and route labels from the part of a gin line after the latency."""
-    found = _GIN_REST_RE.match(rest)
+def _gin_target(target: str) -> tuple[str, str] | None:
+    """Method and route labels from the end of a gin line (method, then the quoted path)."""
+    found = _GIN_TARGET_RE.match(target)
     if found is None:
         return None
-    return _remember(_TARGETS, rest, (method_label(found[1]), route_label(found[2])))
+    return _remember(_TARGETS, target, (method_label(found[1]), route_label(found[2])))
 
 
 def _long_latency(text: str) -> float | None:
@@ -435,15 +435,15 @@ def parse_line(line: str) -> Event | None:
         # colours (rare: gin colours a terminal only) are stripped by the general path
         found = None if "\x1b" in line else _GIN_FAST(line)
         if found is not None:
-            code, number, unit, long, rest = found.groups()
-            target = _TARGETS_GET(rest) or _gin_target(rest)
-            if target is not None:
+            code, number, unit, long, end = found.groups()
+            labels = _TARGETS_GET(end) or _gin_target(end)
+            if labels is not None:
                 if number is not None:
                     seconds: float | None = float(number) * _UNITS[unit]
                 else:
                     seconds = _LONG_GET(long) or _long_latency(long)
                 if seconds is not None:
-                    return _new(Request, (target[0], target[1], _STATUS[code], seconds))
+                    return _new(Request, (labels[0], labels[1], _STATUS[code], seconds))
         return _parse_gin(line)
     if "level=" in line:
         return _parse_slog(line, line.find("level="))
