@@ -18,6 +18,8 @@ Not a test. Run: ``.venv/bin/python benchmarks/logparse.py [--lines 1000000]`` (
 5. The whole daemon (``ollama-watchdog run``, its own process, default 10 s probes against the
    simulator, logs from a file) at rest and then while the writer appends 1 000 lines/s:
    its CPU from /proc, all threads.
+6. With ``--per-kind``, only this: ns per line for each kind of line, ours and the peer's
+   (where the time goes).
 
 The mix is drawn (seeded) from pools of real lines: real-logs.txt's gin and slog lines (with
 their journald/docker prefixes) and llama-server's per-request output (FACTS.md §2.7). Shares:
@@ -133,6 +135,27 @@ def parser_rates(label: str, lines: list[str], keep: bool) -> None:
         peer_rate = n / peer_s
         ratio = ours_rate / peer_rate
         print(f"| {label} | {n} | {ours_rate:,.0f} | {peer_rate:,.0f} | {ratio:.2f}x |")
+
+
+def per_kind(n: int = 300_000, runs: int = 5) -> None:
+    """ns per line by kind of line, consumed, best of ``runs`` (where the time goes)."""
+    lines = mix(n)
+    kinds = {
+        "all (mix)": lines,
+        "gin": [x for x in lines if "[GIN] " in x],
+        "slog": [x for x in lines if "[GIN] " not in x and "level=" in x],
+        "llama-server": [x for x in lines if x in LLAMA_SERVER],
+        "llama-server timing lines only": [x for x in lines if x in LLAMA_SERVER[2:5]],
+        "other runner output": [x for x in lines if x in OTHER],
+    }
+    print("\n| lines | share of the mix | ours (ns/line) | ollama-mtop (ns/line) |")
+    print("|---|---|---|---|")
+    for name, some in kinds.items():
+        ours_ns = best_of(ours(some, keep=False), runs) / len(some) * 1e9
+        peer_fn = peer(some, keep=False)
+        peer_ns = best_of(peer_fn, runs) / len(some) * 1e9 if peer_fn else float("nan")
+        share = 100 * len(some) / len(lines)
+        print(f"| {name} | {share:.0f} % | {ours_ns:.0f} | {peer_ns:.0f} |")
 
 
 def requests_total(collector: LogsCollector) -> float:
@@ -269,7 +292,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--steady-seconds", type=float, default=20.0)
+    ap.add_argument(
+        "--per-kind", action="store_true", help="only the ns per line of each kind of line"
+    )
     args = ap.parse_args()
+    if args.per_kind:
+        per_kind()
+        return
     lines = mix(args.lines)
     gin = [x for x in lines if "[GIN] " in x]
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
