@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -236,6 +237,9 @@ def test_identity_power_limit_and_energy(loaded: Loaded) -> None:
     reg = read(loaded.gpu)  # schedules an energy read (energy_interval=0)
     info = {"gpu": "0", "uuid": uuid, "name": name, "driver": driver}
     assert reg.get_sample_value("ollama_gpu_info", info) == 1
+    # every GPU nvidia-smi lists is counted and answers NVML
+    assert reg.get_sample_value("ollama_gpu_devices") == len(smi("--query-gpu=index"))
+    assert reg.get_sample_value("ollama_gpu_up", {"gpu": "0"}) == 1
     ours_limit = reg.get_sample_value("ollama_gpu_power_limit_watts", {"gpu": "0"})
     assert ours_limit is not None and abs(ours_limit - float(limit)) <= 0.01 * float(limit)
 
@@ -254,3 +258,67 @@ def test_identity_power_limit_and_energy(loaded: Loaded) -> None:
         if s.value == 1
     ]
     record("throttle_reasons", active=throttle)
+
+
+class _LosingNvml:
+    """The real pynvml, except that device readings of ``lost`` GPU indices fail as NVML fails
+    for a GPU that fell off the bus (``NVML_ERROR_GPU_IS_LOST``). Every other call, including
+    nvmlInit and nvmlShutdown, is the real library's."""
+
+    def __init__(self, pynvml: Any) -> None:
+        self._real = pynvml
+        self.lost: set[int] = set()
+        self.inits = 0
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._real, name)
+        if not name.startswith("nvmlDevice") or name in {
+            "nvmlDeviceGetCount",
+            "nvmlDeviceGetHandleByIndex",
+            "nvmlDeviceGetUUID",
+            "nvmlDeviceGetName",
+        }:
+            return real
+
+        def reading(handle: object, *args: object, **kwargs: object) -> object:
+            index = self._real.nvmlDeviceGetIndex(handle)
+            if index in self.lost:
+                raise self._real.NVMLError(self._real.NVML_ERROR_GPU_IS_LOST)
+            return real(handle, *args, **kwargs)
+
+        return reading
+
+    def nvmlInit(self) -> None:
+        self.inits += 1
+        self._real.nvmlInit()
+
+
+def test_a_lost_gpu_is_down_and_reopening_real_nvml_brings_it_back(loaded: Loaded) -> None:
+    """The down state and the shutdown + init cycle of a lost GPU, on the real library."""
+    import pynvml
+
+    now = [0.0]
+    nvml = _LosingNvml(pynvml)
+    gpu = GpuCollector(
+        loaded.process.ollama_pids, nvml=nvml, retry_interval=60.0, clock=lambda: now[0]
+    )
+    try:
+        assert read(gpu).get_sample_value("ollama_gpu_up", {"gpu": "0"}) == 1
+        nvml.lost.add(0)
+        for _ in range(7):  # 60 s down at 10 s rounds: the last round shuts NVML down
+            now[0] += 10
+            reg = read(gpu)
+            assert reg.get_sample_value("ollama_gpu_up", {"gpu": "0"}) == 0
+            assert reg.get_sample_value("ollama_gpu_memory_used_bytes", {"gpu": "0"}) is None
+        assert nvml.inits == 1
+        nvml.lost.clear()  # the GPU is back; the next round reopens NVML for real
+        now[0] += 10
+        reg = read(gpu)
+        assert nvml.inits == 2
+        assert reg.get_sample_value("ollama_gpu_up", {"gpu": "0"}) == 1
+        ours = reg.get_sample_value("ollama_gpu_memory_used_bytes", {"gpu": "0"})
+        ((used_mib,),) = smi("--query-gpu=memory.used")
+        record("reopened", ours_used=ours, smi_used_mib=used_mib)
+        assert ours is not None and abs(ours - int(used_mib) * MIB) <= 0.01 * int(used_mib) * MIB
+    finally:
+        gpu.stop()

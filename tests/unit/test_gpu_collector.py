@@ -74,6 +74,15 @@ class FakeGpu:
     procs: list[tuple[int, int | None]] = field(default_factory=list)
     unsupported: set[str] = field(default_factory=set)
     lost: bool = False
+    unopenable: bool = False  # NVML cannot open it (lost before initialisation)
+    #: handles from NVML initialisations before this one are stale (the GPU was reset)
+    valid_from: int = 0
+
+
+@dataclass(frozen=True)
+class FakeHandle:
+    gpu: FakeGpu
+    generation: int  # the NVML initialisation that opened it
 
 
 class FakeNvml:
@@ -93,14 +102,21 @@ class FakeNvml:
         self.init_error = init_error
         self.calls: Counter[str] = Counter()
         self.hang: threading.Event | None = None
+        self.generation = 0
         if not memory_v2:
             self.nvmlMemory_v2 = None  # type: ignore[assignment]
 
-    def _dev(self, gpu: FakeGpu, what: str) -> FakeGpu:
+    def reset(self, gpu: FakeGpu) -> None:
+        """The GPU is back after a reset; handles opened before it no longer work."""
+        gpu.lost = False
+        gpu.valid_from = self.generation + 1
+
+    def _dev(self, h: FakeHandle, what: str) -> FakeGpu:
         self.calls[what] += 1
+        gpu = h.gpu
         if self.hang is not None and what == "utilization":
             self.hang.wait()
-        if gpu.lost:
+        if gpu.lost or h.generation < gpu.valid_from:
             raise NVMLError_GpuIsLost()
         if what in gpu.unsupported:
             raise NVMLError_NotSupported()
@@ -108,6 +124,7 @@ class FakeNvml:
 
     def nvmlInit(self) -> None:
         self.calls["init"] += 1
+        self.generation += 1
         if self.init_error is not None:
             raise FakeNVMLError(self.init_error)
 
@@ -120,51 +137,53 @@ class FakeNvml:
     def nvmlDeviceGetCount(self) -> int:
         return len(self.gpus)
 
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
-        return self.gpus[i]
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeHandle:
+        return FakeHandle(self.gpus[i], self.generation)
 
-    def nvmlDeviceGetUUID(self, h: FakeGpu) -> str:
-        return h.uuid
+    def nvmlDeviceGetUUID(self, h: FakeHandle) -> str:
+        if h.gpu.unopenable:
+            raise NVMLError_GpuIsLost()
+        return h.gpu.uuid
 
-    def nvmlDeviceGetName(self, h: FakeGpu) -> bytes:
-        return h.name.encode()  # older bindings return bytes
+    def nvmlDeviceGetName(self, h: FakeHandle) -> bytes:
+        return h.gpu.name.encode()  # older bindings return bytes
 
-    def nvmlDeviceGetUtilizationRates(self, h: FakeGpu) -> Any:
+    def nvmlDeviceGetUtilizationRates(self, h: FakeHandle) -> Any:
         return SimpleNamespace(gpu=self._dev(h, "utilization").util, memory=3)
 
-    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu, version: int | None = None) -> Any:
+    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle, version: int | None = None) -> Any:
         g = self._dev(h, "memory")
         if version is None:  # v1: used includes the driver's reserved memory
             return SimpleNamespace(total=g.total, used=g.used + g.reserved, free=0)
         assert version == self.nvmlMemory_v2
         return SimpleNamespace(total=g.total, used=g.used, reserved=g.reserved, free=0)
 
-    def nvmlDeviceGetTemperature(self, h: FakeGpu, sensor: int) -> int:
+    def nvmlDeviceGetTemperature(self, h: FakeHandle, sensor: int) -> int:
         assert sensor == 0
         return self._dev(h, "temperature").temp
 
-    def nvmlDeviceGetPowerUsage(self, h: FakeGpu) -> int:
+    def nvmlDeviceGetPowerUsage(self, h: FakeHandle) -> int:
         return self._dev(h, "power").power_mw
 
-    def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeGpu) -> int:
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeHandle) -> int:
         return self._dev(h, "power_limit").limit_mw
 
-    def nvmlDeviceGetClockInfo(self, h: FakeGpu, clock: int) -> int:
+    def nvmlDeviceGetClockInfo(self, h: FakeHandle, clock: int) -> int:
         assert clock == 1
         return self._dev(h, "sm_clock").sm_mhz
 
-    def nvmlDeviceGetTotalEccErrors(self, h: FakeGpu, kind: int, counter: int) -> int:
+    def nvmlDeviceGetTotalEccErrors(self, h: FakeHandle, kind: int, counter: int) -> int:
         assert (kind, counter) == (1, 0)
         return self._dev(h, "ecc").ecc
 
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeGpu) -> int:
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeHandle) -> int:
         return self._dev(h, "throttle_reasons").reasons
 
-    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
+    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeHandle) -> list[Any]:
         g = self._dev(h, "processes")
         return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in g.procs]
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeGpu) -> int:
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeHandle) -> int:
         return self._dev(h, "energy").energy_mj
 
 
@@ -355,6 +374,87 @@ def test_unsupported_and_lost_gpu_drop_only_their_values(
     assert len(unavailable) == len(set(unavailable))  # each logged once over three rounds
     assert {(0, "ecc"), (0, "energy"), (0, "power_limit"), (1, "memory")} <= set(unavailable)
     assert not [m for g, m in unavailable if g == 2]
+
+
+def test_a_gpu_nvml_no_longer_answers_is_down_the_others_up(
+    collectors: list[GpuCollector], clock: Clock
+) -> None:
+    gpus = [
+        FakeGpu(uuid="GPU-a", unsupported={"ecc", "energy", "power_limit", "temperature"}),
+        FakeGpu(uuid="GPU-b"),
+    ]
+    c = make(collectors, FakeNvml(gpus), clock)
+    reg = registry_of(c)
+    assert v(reg, "ollama_gpu_up", gpu="0") == 1  # "not supported" is an answer
+    assert v(reg, "ollama_gpu_up", gpu="1") == 1
+    gpus[1].lost = True
+    with structlog.testing.capture_logs() as logs:
+        clock.now += 10
+        reg = registry_of(c)
+    assert v(reg, "ollama_gpu_up", gpu="0") == 1
+    assert v(reg, "ollama_gpu_up", gpu="1") == 0
+    assert [e["gpu"] for e in logs if e["event"] == "gpu_down"] == [1]
+    # a lost GPU's memory error is its own: the others keep the v2 reading (used without
+    # the driver's reserved memory), no fallback to v1 for all
+    assert not [e for e in logs if e["event"] == "gpu_memory_v1_fallback"]
+    assert v(reg, "ollama_gpu_memory_used_bytes", gpu="0") == 2 * GIB
+    assert v(reg, "ollama_gpu_memory_reserved_bytes", gpu="0") == 480 * 1024**2
+    gpus[1].lost = False  # a reset brought it back
+    with structlog.testing.capture_logs() as logs:
+        clock.now += 10
+        reg = registry_of(c)
+    assert v(reg, "ollama_gpu_up", gpu="1") == 1
+    assert [e["gpu"] for e in logs if e["event"] == "gpu_up"] == [1]
+
+
+def test_a_gpu_lost_before_start_is_counted_and_down(
+    collectors: list[GpuCollector], clock: Clock
+) -> None:
+    gpus = [FakeGpu(uuid="GPU-a", unopenable=True), FakeGpu(uuid="GPU-b")]
+    nvml = FakeNvml(gpus)
+    c = make(collectors, nvml, clock)
+    reg = registry_of(c)
+    assert v(reg, "ollama_gpu_devices") == 2
+    assert v(reg, "ollama_gpu_up", gpu="0") == 0
+    assert v(reg, "ollama_gpu_up", gpu="1") == 1
+    assert v(reg, "ollama_gpu_utilization_ratio", gpu="1") == 0.37
+    # no identity for the one NVML could not open, no call on it
+    infos = next(s for s in reg.collect() if s.name == "ollama_gpu_info").samples
+    assert [x.labels["gpu"] for x in infos] == ["1"]
+    assert nvml.calls["utilization"] == 1
+
+
+def test_a_gpu_down_for_the_retry_interval_reopens_nvml_once_per_interval(
+    collectors: list[GpuCollector], clock: Clock
+) -> None:
+    gpus = [FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b")]
+    nvml = FakeNvml(gpus)
+    c = make(collectors, nvml, clock, retry_interval=300.0)
+    registry_of(c)
+    gpus[0].lost = True
+    for _ in range(30):  # the first of these rounds finds it down; 290 s later, not yet
+        clock.now += 10
+        assert v(registry_of(c), "ollama_gpu_up", gpu="0") == 0
+    assert (nvml.calls["init"], nvml.calls["shutdown"]) == (1, 0)
+    clock.now += 10  # 300 s: this round shuts NVML down, the next opens it again
+    registry_of(c)
+    assert (nvml.calls["init"], nvml.calls["shutdown"]) == (1, 1)
+    clock.now += 10
+    reg = registry_of(c)
+    assert nvml.calls["init"] == 2
+    assert v(reg, "ollama_gpu_up", gpu="0") == 0  # still lost: down, never dropped
+    assert v(reg, "ollama_gpu_up", gpu="1") == 1
+    nvml.reset(gpus[0])  # back, but the handle the collector holds is stale
+    for _ in range(28):  # the last re-open was less than 300 s ago (280 s)
+        clock.now += 10
+        assert v(registry_of(c), "ollama_gpu_up", gpu="0") == 0
+    assert nvml.calls["init"] == 2
+    for _ in range(3):
+        clock.now += 10
+        reg = registry_of(c)
+    assert nvml.calls["init"] == 3  # the next re-open found it back
+    assert v(reg, "ollama_gpu_up", gpu="0") == 1
+    assert v(reg, "ollama_gpu_utilization_ratio", gpu="0") == 0.37
 
 
 # ---------------------------------------------------------------- cost and deadlines

@@ -12,6 +12,11 @@ Three rules shape the code (measured facts are in the team's NVML.md):
   ``required=True`` (config ``gpu.enabled = "true"``) absence is a failure instead.
 * **Errors are per metric.** ``NotSupported`` on one GPU, or a GPU that fell off the bus, drops
   those values only (logged once per GPU, metric and error); the other GPUs keep reporting.
+  A GPU none of whose readings NVML answered in a round is down (``ollama_gpu_up 0``), the
+  state a page is made of; one NVML fails to open at initialisation is down from the start.
+  A GPU down for ``retry_interval`` makes the collector shut NVML down and initialise it again
+  (at most once per ``retry_interval``): after a GPU reset or a driver reload, stale handles
+  are replaced and the GPU comes back; a GPU still lost stays down.
 * **A wedged driver must not wedge the daemon.** Every NVML call runs on one daemon thread of
   this collector; ``collect()`` waits at most ``deadline`` and while a call is stuck, later
   rounds fail at once instead of piling up threads. Total energy costs about 4 ms per call (the
@@ -42,6 +47,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+_ERROR_NOT_SUPPORTED = 3  # NVML_ERROR_NOT_SUPPORTED: an answer, just not this reading
+# NOT_SUPPORTED, FUNCTION_NOT_FOUND, ARGUMENT_VERSION_MISMATCH: the driver has no v2 memory
+_V2_MISSING = (_ERROR_NOT_SUPPORTED, 13, 25)
 # NVML constants we rely on, with their ABI values, so a fake module in tests need not define
 # them and an old nvidia-ml-py without a name still works.
 _TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
@@ -78,6 +86,7 @@ GPU_ECC = "ollama_gpu_ecc_uncorrected_errors"  # counter: _total
 GPU_THROTTLE = "ollama_gpu_throttle_reasons"
 GPU_OLLAMA_MEMORY = "ollama_gpu_ollama_memory_bytes"
 GPU_OTHER_MEMORY = "ollama_gpu_other_memory_bytes"
+GPU_UP = "ollama_gpu_up"
 GPU_NVML_AVAILABLE = "ollama_gpu_nvml_available"
 GPU_DEVICES = "ollama_gpu_devices"
 
@@ -96,7 +105,7 @@ class _Absent(Exception):
 
 @dataclass(frozen=True)
 class GpuDevice:
-    """A GPU as found at NVML initialisation."""
+    """A GPU as found at NVML initialisation (uuid and name empty if NVML could not open it)."""
 
     index: int
     uuid: str
@@ -108,6 +117,8 @@ class GpuSample:
     """One GPU's readings in one round; None where NVML could not give a value."""
 
     index: int
+    #: NVML answered at least one reading (a value, or "not supported on this GPU")
+    up: bool = True
     utilization_ratio: float | None = None
     memory_used: int | None = None
     memory_total: int | None = None
@@ -219,6 +230,9 @@ class GpuCollector:
         self._handles: tuple[Any, ...] = ()
         self._memory_v2 = True
         self._logged: set[tuple[int, str, str]] = set()
+        self._answered = 0  # readings NVML answered in the current _sample (NVML thread)
+        self._down_since: dict[int, float] = {}  # GPU index -> first round it was down
+        self._reinit_at = float("-inf")
         self.snapshot: GpuSnapshot | None = None
 
     # ----- the collector protocol -----
@@ -260,18 +274,47 @@ class GpuCollector:
 
         pids = frozenset(self._ollama_pids())
         samples = self._run(lambda: tuple(self._sample(i, h, pids) for i, h in self._indexed()))
-        if now >= self._energy_due and (self._energy_job is None or self._energy_job.done()):
-            self._energy_due = now + self._energy_interval
-            self._energy_job = self._worker.submit(self._read_energy)
-        return GpuSnapshot(
+        snapshot = GpuSnapshot(
             available=True,
             driver=self._driver,
             devices=self._devices,
             samples=samples,
             energy_joules=dict(self._energy),
         )
+        if self._track_down(samples, now):
+            self._reinit()
+        elif now >= self._energy_due and (self._energy_job is None or self._energy_job.done()):
+            self._energy_due = now + self._energy_interval
+            self._energy_job = self._worker.submit(self._read_energy)
+        return snapshot
+
+    def _track_down(self, samples: Sequence[GpuSample], now: float) -> bool:
+        """Note which GPUs are down; True if one has been down long enough to re-initialise."""
+        for sample in samples:
+            if sample.up:
+                if self._down_since.pop(sample.index, None) is not None:
+                    log.info("gpu_up", gpu=sample.index)
+            elif sample.index not in self._down_since:
+                self._down_since[sample.index] = now
+                log.error("gpu_down", gpu=sample.index, note="NVML answered none of its readings")
+        overdue = [i for i, t in self._down_since.items() if now - t >= self._retry_interval]
+        if overdue and now >= self._reinit_at:
+            self._reinit_at = now + self._retry_interval
+            log.warning("nvml_reinit", gpus_down=sorted(self._down_since))
+            return True
+        return False
+
+    def _reinit(self) -> None:
+        """Shut NVML down; the next round initialises it again and reopens every GPU."""
+        nvml = self._nvml
+        try:
+            self._run(lambda: nvml.nvmlShutdown())
+        except nvml.NVMLError as exc:  # a driver in trouble may refuse this too
+            log.warning("nvml_shutdown_failed", error=str(exc))
+        self._initialized = False
 
     def _indexed(self) -> list[tuple[int, Any]]:
+        # a GPU NVML could not open at initialisation has the handle None
         return [(d.index, h) for d, h in zip(self._devices, self._handles, strict=True)]
 
     def _run(self, fn: Callable[[], T]) -> T:
@@ -332,8 +375,10 @@ class GpuCollector:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 uuid = _text(nvml.nvmlDeviceGetUUID(handle))
                 name = _text(nvml.nvmlDeviceGetName(handle))
-            except nvml.NVMLError as exc:  # e.g. a GPU lost before we started: skip it alone
-                log.warning("gpu_skipped", gpu=index, error=str(exc))
+            except nvml.NVMLError as exc:  # e.g. a GPU lost before we started: down from now
+                log.error("gpu_unavailable", gpu=index, error=str(exc))
+                devices.append(GpuDevice(index=index, uuid="", name=""))
+                handles.append(None)
                 continue
             devices.append(GpuDevice(index=index, uuid=uuid, name=name))
             handles.append(handle)
@@ -347,15 +392,21 @@ class GpuCollector:
         try:
             result = fn()
         except nvml.NVMLError as exc:
+            if getattr(exc, "value", None) == _ERROR_NOT_SUPPORTED:
+                self._answered += 1
             key = (gpu, metric, type(exc).__name__)
             if key not in self._logged:
                 self._logged.add(key)
                 log.warning("gpu_metric_unavailable", gpu=gpu, metric=metric, error=str(exc))
             return None
+        self._answered += 1
         return result
 
     def _sample(self, gpu: int, handle: Any, pids: frozenset[int]) -> GpuSample:
+        if handle is None:
+            return GpuSample(index=gpu, up=False)
         nvml = self._nvml
+        self._answered = 0
         util = self._value(gpu, "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
         memory = self._value(gpu, "memory", lambda: self._memory(handle))
         temperature = self._value(
@@ -389,6 +440,7 @@ class GpuCollector:
                     other_mem += used
         return GpuSample(
             index=gpu,
+            up=self._answered > 0,
             utilization_ratio=None if util is None else util.gpu / 100.0,
             memory_used=None if memory is None else int(memory.used),
             memory_total=None if memory is None else int(memory.total),
@@ -412,6 +464,10 @@ class GpuCollector:
                     raise AttributeError("nvidia-ml-py has no nvmlMemory_v2")
                 return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
             except (nvml.NVMLError, AttributeError, TypeError) as exc:
+                # only a driver or binding without v2 is a reason to stop asking for it; any
+                # other NVML error (a GPU lost, say) is this reading's alone
+                if getattr(exc, "value", _V2_MISSING[0]) not in _V2_MISSING:
+                    raise
                 self._memory_v2 = False
                 log.warning("gpu_memory_v1_fallback", error=str(exc), note="used includes reserved")
         return nvml.nvmlDeviceGetMemoryInfo(handle)
@@ -427,6 +483,8 @@ class GpuCollector:
         nvml = self._nvml
         energy: dict[int, float] = {}
         for gpu, handle in self._indexed():
+            if handle is None:
+                continue
             mj = self._value(
                 gpu, "energy", functools.partial(nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
             )
@@ -451,8 +509,17 @@ def gpu_families(snap: GpuSnapshot) -> list[Metric]:
         GPU_INFO, "GPU identity; value 1", labels=["gpu", "uuid", "name", "driver"]
     )
     for d in snap.devices:
-        info.add_metric([str(d.index), d.uuid, d.name, snap.driver], 1.0)
-    out.append(info)
+        if d.uuid:  # one NVML could not open has no identity to show
+            info.add_metric([str(d.index), d.uuid, d.name, snap.driver], 1.0)
+    up = GaugeMetricFamily(
+        GPU_UP,
+        "1 if NVML answered for this GPU in the last round; 0: lost from the bus or the driver "
+        "failing",
+        labels=["gpu"],
+    )
+    for s in snap.samples:
+        up.add_metric([str(s.index)], 1.0 if s.up else 0.0)
+    out += [info, up]
 
     gauges: list[tuple[str, str, Callable[[GpuSample], float | int | None]]] = [
         (GPU_UTILIZATION, "GPU busy ratio over NVML's last sample period",
