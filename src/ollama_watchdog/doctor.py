@@ -1,6 +1,7 @@
 """``ollama-watchdog doctor``: the checklist an on-call person runs at 3 a.m.
 
-Each item prints ``OK``, ``WARN`` or ``FAIL`` with what was found and, when not OK, the fix.
+Each item prints ``OK``, ``WARN`` or ``FAIL`` with what was found and, when not OK, the fix
+(``--json``: the same findings as one JSON document, for a script or a fleet inventory).
 Exit code: 0 all OK, 1 some WARN, 2 some FAIL (SKIP never counts).
 
 Gathering (systemctl, /proc, sockets, NVML, the journal, the store) happens in thin functions
@@ -696,6 +697,20 @@ def render(findings: Sequence[Finding]) -> str:
     return "\n".join(out)
 
 
+def render_json(findings: Sequence[Finding]) -> str:
+    """The findings as one JSON document: every item, its level, what was found, the fix."""
+    counts = {level.name: sum(1 for f in findings if f.level is level) for level in Level}
+    doc = {
+        "status": Level(exit_code(findings)).name,
+        "exit_code": exit_code(findings),
+        "counts": counts,
+        "findings": [
+            {"item": f.item, "level": f.level.name, "text": f.text, "fix": f.fix} for f in findings
+        ],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
 def exit_code(findings: Sequence[Finding]) -> int:
     return max(0, max((int(f.level) for f in findings), default=0))
 
@@ -717,12 +732,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="how many of Ollama's last log lines to read (default %(default)s)",
     )
+    parser.add_argument("--json", action="store_true", help="print the findings as a JSON document")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
     """Run the checklist; exit 0 all OK, 1 some WARN, 2 some FAIL."""
     findings = run_doctor(config, args.modelfile, args.log_lines)
-    print(render(findings), file=sys.stdout)
+    print(render_json(findings) if args.json else render(findings), file=sys.stdout)
     return exit_code(findings)
 
 
@@ -745,6 +761,7 @@ __all__ = [
     "judge_version",
     "main",
     "render",
+    "render_json",
     "run_doctor",
     "unit_environ",
 ]

@@ -230,6 +230,18 @@ def test_render_and_exit_code() -> None:
     assert doctor.exit_code(findings) == 1
     assert doctor.exit_code([Finding("a", Level.SKIP, "")]) == 0
     assert doctor.exit_code([*findings, Finding("b", Level.FAIL, "")]) == 2
+    doc = json.loads(doctor.render_json(findings))
+    assert doc == {
+        "status": "WARN",
+        "exit_code": 1,
+        "counts": {"SKIP": 1, "OK": 1, "WARN": 1, "FAIL": 0},
+        "findings": [
+            {"item": "api", "level": "OK", "text": "fine", "fix": ""},
+            {"item": "env", "level": "WARN", "text": "X is not an Ollama variable",
+             "fix": "remove X"},
+            {"item": "gpu", "level": "SKIP", "text": "no NVML", "fix": ""},
+        ],
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +360,14 @@ def test_doctor_when_ollama_is_down_and_the_store_damaged(
         f"1 referenced blobs absent, 0 of the wrong size (models: {scan.manifests[0].name})"
         in blobs
     )
+    # the same checklist as JSON: the same items, levels and exit code
+    json_code, json_out = run_doctor(tmp_path, sim, "--json")
+    doc = json.loads(json_out)
+    assert json_code == doc["exit_code"] == 2 and doc["status"] == "FAIL"
+    tags = {"SKIP": "SKIP", "OK": " OK ", "WARN": "WARN", "FAIL": "FAIL"}
+    for f in doc["findings"]:
+        assert line_of(out, tags[f["level"]], f["item"]).endswith(f["text"])
+    assert len(doc["findings"]) == len(out.splitlines()) - 1 - out.count("fix: ")
 
 
 def test_doctor_without_a_unit_skips_systemd_and_says_why(
