@@ -8,7 +8,13 @@
    sampled every 1000 rounds (rounds counted from the simulator's own request log: one
    GET /api/version per round).
 
-    python benchmarks/scrape.py [--scrapes 1000] [--rounds 10000]
+3. With ``--tls``: the cost of TLS and basic auth per scrape. The same simulator (50 models
+   loaded), one daemon with ``[exporter] web_config`` (an ECDSA P-256 certificate made by
+   ``openssl``, a bcrypt cost-12 user) and one without; scrapes of /metrics over plain HTTP,
+   over TLS with basic auth on one kept-alive connection (as Prometheus scrapes), and over
+   TLS with basic auth on a new connection each time (a full handshake per scrape).
+
+    python benchmarks/scrape.py [--scrapes 1000] [--rounds 10000] [--tls]
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
@@ -32,6 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.daemon import DaemonProcess, quick_config  # noqa: E402
 from support.sim import SimulatorProcess  # noqa: E402
+from support.tools import free_port  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,15 +49,101 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def scrape_series(url: str, n: int) -> list[float]:
+def scrape_series(
+    url: str, n: int, *, fresh: bool = False, **kw: Any
+) -> list[float]:
+    """ms per GET /metrics; one kept-alive session, or (``fresh``) a new connection each."""
     session = requests.Session()
     out = []
     for _ in range(n):
+        if fresh:
+            session.close()
+            session = requests.Session()
         t = time.perf_counter()
-        r = session.get(url + "/metrics", timeout=10)
+        r = session.get(url + "/metrics", timeout=10, **kw)
         r.raise_for_status()
         out.append((time.perf_counter() - t) * 1000)
+    session.close()
     return out
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "max_ms": round(max(ms), 3),
+    }
+
+
+def make_certs(d: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) for 127.0.0.1, made by openssl."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
+            "-days", "2", "-subj", "/CN=bench-ca")  # fmt: skip
+    openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
+            "-subj", "/CN=localhost")  # fmt: skip
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"),
+            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "server.crt"),
+            "-days", "2", "-extfile", str(d / "server.ext"))  # fmt: skip
+    return d / "ca.crt", d / "server.crt", d / "server.key"
+
+
+def bench_tls(tmp: Path, scrapes: int) -> dict[str, object]:
+    import bcrypt
+
+    ca, crt, key = make_certs(tmp)
+    password = "correct horse battery staple"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()
+    (tmp / "web.yml").write_text(
+        f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    sim = SimulatorProcess(tmp / "simtls", ["--models", "60", "--token-delay", "0"]).start()
+    results: dict[str, object] = {}
+    try:
+        loaded = load_models(sim, 50)
+        results["models_loaded"] = loaded
+        (tmp / "plain").mkdir()
+        (tmp / "tls").mkdir()
+        plain = quick_config(sim.url, tmp / "plain", ollama={"timeout": "5s"},
+                             probe={"interval": "1s"})  # fmt: skip
+        with DaemonProcess(plain, tmp / "plain") as d:
+            d.wait_value("ollama_models_loaded", float(loaded), timeout=60)
+            results["plain_http_keepalive"] = summary(scrape_series(d.url, scrapes))
+        port = free_port()
+        secure = quick_config(sim.url, tmp / "tls", port, ollama={"timeout": "5s"},
+                              probe={"interval": "1s"},
+                              exporter={"web_config": str(tmp / "web.yml")})  # fmt: skip
+        d = DaemonProcess(secure, tmp / "tls").start(wait=False)
+        try:
+            url = f"https://127.0.0.1:{port}"
+            kw: dict[str, Any] = {"verify": str(ca), "auth": ("prometheus", password)}
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if f"ollama_models_loaded {float(loaded)}" in requests.get(
+                        url + "/metrics", timeout=5, **kw
+                    ).text:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the TLS daemon never served the loaded models")
+                time.sleep(0.2)
+            results["tls_basic_auth_keepalive"] = summary(scrape_series(url, scrapes, **kw))
+            results["tls_basic_auth_new_connection"] = summary(
+                scrape_series(url, scrapes, fresh=True, **kw)
+            )
+        finally:
+            d.stop()
+    finally:
+        sim.stop()
+    return results
 
 
 def load_models(sim: SimulatorProcess, n: int) -> int:
@@ -133,6 +228,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scrapes", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=10000, help="0 skips the memory part")
+    ap.add_argument("--tls", action="store_true", help="only the TLS + basic auth comparison")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -141,6 +237,9 @@ def main() -> int:
             f"Python {platform.python_version()}"
         )
         print(json.dumps({"machine": machine}), flush=True)
+        if args.tls:
+            print(json.dumps({"tls": bench_tls(tmp, args.scrapes)}, indent=2), flush=True)
+            return 0
         print(json.dumps({"scrape": bench_scrapes(tmp, args.scrapes)}, indent=2), flush=True)
         if args.rounds:
             print(json.dumps({"memory": bench_memory(tmp, args.rounds)}, indent=2), flush=True)
