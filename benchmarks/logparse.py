@@ -20,6 +20,13 @@ Not a test. Run: ``.venv/bin/python benchmarks/logparse.py [--lines 1000000]`` (
    its CPU from /proc, all threads.
 6. With ``--per-kind``, only this: ns per line for each kind of line, ours and the peer's
    (where the time goes).
+7. With ``--journald``, only this: the journald pipeline on real parts. Debian's
+   ``systemd-journal-remote`` writes the mix (200 000 lines) into a journal file as entries of
+   ``ollama.service``'s stdout, with the fields journald gives such an entry; our
+   ``LogsCollector("journald")`` follows it through the real ``journalctl -D`` from a cursor
+   before the first line, and catches up. Reported: lines/s, our process's CPU and
+   journalctl's CPU per line, and the CPU that means at 1 000 lines/s (derived: per-line cost
+   times 1 000; the steady state under real journald is ``benchmarks/journald.py``).
 
 The mix is drawn (seeded) from pools of real lines: real-logs.txt's gin and slog lines (with
 their journald/docker prefixes) and llama-server's per-request output (FACTS.md §2.7). Shares:
@@ -30,6 +37,8 @@ v0.30+ server logs a few llama-server lines per completion next to each request 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import platform
 import random
@@ -40,6 +49,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from ollama_watchdog.collectors.logs import LogsCollector
 from ollama_watchdog.logparse import parse_line
@@ -156,6 +167,100 @@ def per_kind(n: int = 300_000, runs: int = 5) -> None:
         peer_ns = best_of(peer_fn, runs) / len(some) * 1e9 if peer_fn else float("nan")
         share = 100 * len(some) / len(lines)
         print(f"| {name} | {share:.0f} % | {ours_ns:.0f} | {peer_ns:.0f} |")
+
+
+JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
+
+
+def journal_entry(seq: int, message: str) -> bytes:
+    """One entry in journald's export format, as journald stores a service's stdout line."""
+    fields = {
+        "__REALTIME_TIMESTAMP": str(1768947346000000 + seq),
+        "__MONOTONIC_TIMESTAMP": str(5000000 + seq),
+        "_BOOT_ID": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        "_MACHINE_ID": "5c1d8e9f0a2b3c4d5e6f708192a3b4c5",
+        "_HOSTNAME": "jarvis-server",
+        "PRIORITY": "6",
+        "SYSLOG_FACILITY": "3",
+        "SYSLOG_IDENTIFIER": "ollama",
+        "_PID": "1232",
+        "_UID": "998",
+        "_GID": "998",
+        "_COMM": "ollama",
+        "_EXE": "/usr/local/bin/ollama",
+        "_CMDLINE": "/usr/local/bin/ollama serve",
+        "_CAP_EFFECTIVE": "0",
+        "_SELINUX_CONTEXT": "unconfined\n",
+        "_TRANSPORT": "stdout",
+        "_STREAM_ID": "d4b1f2a9c3e84f7e8b6a5c4d3e2f1a0b",
+        "_SYSTEMD_CGROUP": "/system.slice/ollama.service",
+        "_SYSTEMD_UNIT": "ollama.service",
+        "_SYSTEMD_SLICE": "system.slice",
+        "_SYSTEMD_INVOCATION_ID": "8a7b6c5d4e3f20119a8b7c6d5e4f3021",
+        "MESSAGE": message,
+    }
+    return b"".join(f"{k}={v}\n".encode() for k, v in fields.items()) + b"\n"
+
+
+def _cpu_of(pid: int) -> float:
+    """utime + stime of a live process, seconds (proc(5))."""
+    return _cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
+
+
+def journald_pipeline(lines: list[str]) -> None:
+    import shutil
+
+    if not JOURNAL_REMOTE.exists() or shutil.which("journalctl") is None:
+        print("| journald pipeline | | (needs systemd-journal-remote and journalctl) | | |")
+        return
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        (tmp / "journal").mkdir()
+        export = tmp / "export"
+        with export.open("wb") as f:
+            f.write(journal_entry(0, "before the benchmark"))
+            for seq, line in enumerate(lines, 1):
+                f.write(journal_entry(seq, line))
+        subprocess.run(
+            [str(JOURNAL_REMOTE), "-o", str(tmp / "journal" / "system.journal"), str(export)],
+            check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        command = ("journalctl", "-D", str(tmp / "journal"))
+        # the first entry's cursor: the follower starts right after it and catches up
+        head = subprocess.Popen(
+            [*command, "--unit=ollama.service", "--output=json", "--no-pager"],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert head.stdout is not None
+        first = json.loads(head.stdout.readline())["__CURSOR"]
+        head.kill()
+        head.wait(timeout=60)
+        state = tmp / "state"
+        state.mkdir()
+        (state / "journal-cursor-ollama.service").write_text(first + "\n")
+        collector = LogsCollector("journald", state_dir=state, journalctl=command)
+        me = psutil.Process()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        collector.start()
+        journalctl_cpu = 0.0
+        try:
+            while collector.counters.lines < len(lines):
+                for child in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error, OSError):
+                        if child.name() == "journalctl":
+                            journalctl_cpu = _cpu_of(child.pid)
+                time.sleep(0.05)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        finally:
+            collector.stop()
+    n = len(lines)
+    print(
+        f"| journald pipeline (real journalctl -D, catching up) | {n} "
+        f"| {n / wall:,.0f} lines/s wall | ours {cpu:.2f} s CPU ({1e6 * cpu / n:.1f} µs/line), "
+        f"journalctl {journalctl_cpu:.2f} s ({1e6 * journalctl_cpu / n:.1f} µs/line) "
+        f"| at 1000 lines/s: ours {0.1 * 1e6 * cpu / n:.2f} %, journalctl "
+        f"{0.1 * 1e6 * journalctl_cpu / n:.2f} % of a core |"
+    )
 
 
 def requests_total(collector: LogsCollector) -> float:
@@ -295,9 +400,15 @@ def main() -> None:
     ap.add_argument(
         "--per-kind", action="store_true", help="only the ns per line of each kind of line"
     )
+    ap.add_argument(
+        "--journald", action="store_true", help="only the journald pipeline (real journalctl)"
+    )
     args = ap.parse_args()
     if args.per_kind:
         per_kind()
+        return
+    if args.journald:
+        journald_pipeline(mix(200_000))
         return
     lines = mix(args.lines)
     gin = [x for x in lines if "[GIN] " in x]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from support.registry import registry_of
 
 from ollama_watchdog.collectors.logs import (
@@ -211,6 +212,13 @@ if os.environ.get("FAKE_FAIL"):
     sys.stderr.write("Failed to open journal: No such file or directory\n")
     sys.exit(1)
 args = sys.argv[1:]
+fields = next((a.split("=", 1)[1] for a in args if a.startswith("--output-fields=")), None)
+if fields is not None and os.environ.get("FAKE_OLD"):  # systemd before 236
+    sys.stderr.write("journalctl: unrecognized option '--output-fields=%s'\n" % fields)
+    sys.exit(1)
+# --output-fields keeps the fields asked for, plus those journalctl always prints
+keep = None if fields is None else set(fields.split(",")) | {
+    "__CURSOR", "__REALTIME_TIMESTAMP", "__MONOTONIC_TIMESTAMP", "_BOOT_ID"}
 after = next((a.split("=", 1)[1] for a in args if a.startswith("--after-cursor=")), None)
 def read():
     with open(records_path) as f:
@@ -232,6 +240,8 @@ with open(argv_log, "a") as f:
 while True:
     records = read()
     for r in records[pos:]:
+        if keep is not None:
+            r = json.dumps({k: v for k, v in json.loads(r).items() if k in keep}) + "\n"
         sys.stdout.write(r if r.endswith("\n") else r + "\n")
     sys.stdout.flush()
     pos = len(records)
@@ -293,7 +303,9 @@ class FakeJournal:
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[FakeJournal]:
-    saved = {k: os.environ.get(k) for k in ("FAKE_JOURNAL", "FAKE_ARGV_LOG", "FAKE_FAIL")}
+    saved = {
+        k: os.environ.get(k) for k in ("FAKE_JOURNAL", "FAKE_ARGV_LOG", "FAKE_FAIL", "FAKE_OLD")
+    }
     yield FakeJournal(tmp_path)
     for k, v in saved.items():
         if v is None:
@@ -331,6 +343,7 @@ def test_journald_first_start_restart_and_cursor(journal: FakeJournal, tmp_path:
         assert "--lines=0" in journal.calls()[0]  # first start: from the end
         assert "--unit=ollama.service" in journal.calls()[0]
         assert "--output=json" in journal.calls()[0]
+        assert "--output-fields=MESSAGE" in journal.calls()[0]  # the one field we read
         journal.append(*[gin(200, "2ms", "POST", "/api/chat")] * 3)
         wait_until(lambda: requests_total(collector) == 3, "three new lines counted")
         assert collector.collect()  # healthy: no exception
@@ -398,6 +411,25 @@ def test_journald_failure_is_reported_and_retried(journal: FakeJournal, tmp_path
         assert collector.collect()
     finally:
         collector.stop()
+
+
+def test_journald_without_output_fields_asks_again_for_all_fields(
+    journal: FakeJournal, tmp_path: Path
+) -> None:
+    """A journalctl before systemd 236 refuses --output-fields: asked again without it."""
+    os.environ["FAKE_OLD"] = "1"
+    collector = journald(journal, tmp_path / "state")
+    with structlog.testing.capture_logs() as logs:
+        collector.start()
+        try:
+            wait_until(lambda: len(journal.calls()) == 1, "journalctl without the option")
+            assert not any(a.startswith("--output-fields") for a in journal.calls()[0])
+            journal.append(*[gin(200, "1ms", "GET", "/api/tags")] * 3)
+            wait_until(lambda: requests_total(collector) == 3, "the lines, all fields")
+            assert collector.collect()
+        finally:
+            collector.stop()
+    assert [e["event"] for e in logs].count("journalctl_without_output_fields") == 1
 
 
 def test_journald_unknown_cursor_starts_at_the_end(journal: FakeJournal, tmp_path: Path) -> None:
