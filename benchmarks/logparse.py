@@ -174,32 +174,10 @@ JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
 
 def journal_entry(seq: int, message: str) -> bytes:
     """One entry in journald's export format, as journald stores a service's stdout line."""
-    fields = {
-        "__REALTIME_TIMESTAMP": str(1768947346000000 + seq),
-        "__MONOTONIC_TIMESTAMP": str(5000000 + seq),
-        "_BOOT_ID": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
-        "_MACHINE_ID": "5c1d8e9f0a2b3c4d5e6f708192a3b4c5",
-        "_HOSTNAME": "jarvis-server",
-        "PRIORITY": "6",
-        "SYSLOG_FACILITY": "3",
-        "SYSLOG_IDENTIFIER": "ollama",
-        "_PID": "1232",
-        "_UID": "998",
-        "_GID": "998",
-        "_COMM": "ollama",
-        "_EXE": "/usr/local/bin/ollama",
-        "_CMDLINE": "/usr/local/bin/ollama serve",
-        "_CAP_EFFECTIVE": "0",
-        "_SELINUX_CONTEXT": "unconfined\n",
-        "_TRANSPORT": "stdout",
-        "_STREAM_ID": "d4b1f2a9c3e84f7e8b6a5c4d3e2f1a0b",
-        "_SYSTEMD_CGROUP": "/system.slice/ollama.service",
-        "_SYSTEMD_UNIT": "ollama.service",
-        "_SYSTEMD_SLICE": "system.slice",
-        "_SYSTEMD_INVOCATION_ID": "8a7b6c5d4e3f20119a8b7c6d5e4f3021",
-        "MESSAGE": message,
-    }
-    return b"".join(f"{k}={v}\n".encode() for k, v in fields.items()) + b"\n"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.journal import export_entry, stdout_entry_fields
+
+    return export_entry(stdout_entry_fields(seq, message))
 
 
 def _cpu_of(pid: int) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from support.journal import stdout_entry_fields
 from support.registry import registry_of
 
 from ollama_watchdog.collectors.logs import (
@@ -270,23 +271,7 @@ class FakeJournal:
                     "__CURSOR": f"s=4f2b8e0c1d7a4b5e9f3c2a1b0d9e8f7a;i={self.seq:x};"
                     f"b=0a1b2c3d4e5f60718293a4b5c6d7e8f9;m={self.seq * 1000:x};"
                     f"t=62a1{self.seq:08x};x={self.seq:016x}",
-                    "__REALTIME_TIMESTAMP": str(1768947346000000 + self.seq),
-                    "__MONOTONIC_TIMESTAMP": str(5000000 + self.seq),
-                    "_BOOT_ID": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
-                    "PRIORITY": "6",
-                    "SYSLOG_FACILITY": "3",
-                    "SYSLOG_IDENTIFIER": "ollama",
-                    "_PID": "1232",
-                    "_UID": "998",
-                    "_GID": "998",
-                    "_COMM": "ollama",
-                    "_EXE": "/usr/local/bin/ollama",
-                    "_CMDLINE": "/usr/local/bin/ollama serve",
-                    "_TRANSPORT": "stdout",
-                    "_STREAM_ID": "d4b1f2a9c3e84f7e8b6a5c4d3e2f1a0b",
-                    "_SYSTEMD_UNIT": "ollama.service",
-                    "_HOSTNAME": "jarvis-server",
-                    "MESSAGE": message,
+                    **stdout_entry_fields(self.seq, message),
                 }
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
