@@ -55,6 +55,10 @@ import psutil
 from ollama_watchdog.collectors.logs import LogsCollector
 from ollama_watchdog.logparse import parse_line
 
+# the tests' support package: the daemon runner and journald entries
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.journal import export_entry, stdout_entry_fields
+
 REAL_LOGS = Path("/work/shared/ollama/real-logs.txt")
 
 LLAMA_SERVER = [
@@ -174,9 +178,6 @@ JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
 
 def journal_entry(seq: int, message: str) -> bytes:
     """One entry in journald's export format, as journald stores a service's stdout line."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from support.journal import export_entry, stdout_entry_fields
-
     return export_entry(stdout_entry_fields(seq, message))
 
 
@@ -318,7 +319,6 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def daemon_cpu(lines: list[str], rate: int = 1000, seconds: float = 20.0) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.daemon import DaemonProcess, quick_config
     from support.tools import free_port
 
