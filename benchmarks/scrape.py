@@ -25,7 +25,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from support.certs import server_certs  # noqa: E402
 from support.daemon import DaemonProcess, quick_config  # noqa: E402
 from support.sim import SimulatorProcess  # noqa: E402
 from support.tools import free_port  # noqa: E402
@@ -75,28 +75,10 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-def make_certs(d: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate, server key) for 127.0.0.1, made by openssl."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
-            "-days", "2", "-subj", "/CN=bench-ca")  # fmt: skip
-    openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
-            "-subj", "/CN=localhost")  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"),
-            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "server.crt"),
-            "-days", "2", "-extfile", str(d / "server.ext"))  # fmt: skip
-    return d / "ca.crt", d / "server.crt", d / "server.key"
-
-
 def bench_tls(tmp: Path, scrapes: int) -> dict[str, object]:
     import bcrypt
 
-    ca, crt, key = make_certs(tmp)
+    ca, crt, key = server_certs(tmp)
     password = "correct horse battery staple"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()
     (tmp / "web.yml").write_text(

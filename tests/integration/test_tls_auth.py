@@ -17,6 +17,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import requests
+from support.certs import ca, key_and_csr, server_certs, sign
 from support.daemon import DaemonProcess, quick_config
 from support.tools import free_port, require_tool
 
@@ -35,45 +36,13 @@ class Certs:
     client_key: Path
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run([require_tool("openssl"), *args], check=True, capture_output=True, timeout=60)
-
-
-def _key_and_csr(directory: Path, name: str, cn: str) -> None:
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.csr"),
-        "-subj", f"/CN={cn}",
-    )  # fmt: skip
-
-
-def _ca(directory: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.crt"),
-        "-days", "2", "-subj", f"/CN={name}",
-    )  # fmt: skip
-
-
-def _sign(directory: Path, name: str, ca: str, ext: str) -> None:
-    (directory / f"{name}.ext").write_text(ext + "\n")
-    _openssl(
-        "x509", "-req", "-in", str(directory / f"{name}.csr"),
-        "-CA", str(directory / f"{ca}.crt"), "-CAkey", str(directory / f"{ca}.key"),
-        "-CAcreateserial", "-out", str(directory / f"{name}.crt"), "-days", "2",
-        "-extfile", str(directory / f"{name}.ext"),
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     d = tmp_path_factory.mktemp("certs")
-    _ca(d, "server-ca")
-    _key_and_csr(d, "server", "localhost")
-    _sign(d, "server", "server-ca", "subjectAltName=IP:127.0.0.1,DNS:localhost")
-    _ca(d, "client-ca")
-    _key_and_csr(d, "client", "prometheus")
-    _sign(d, "client", "client-ca", "extendedKeyUsage=clientAuth")
+    server_certs(d)
+    ca(d, "client-ca")
+    key_and_csr(d, "client", "prometheus")
+    sign(d, "client", "client-ca", "extendedKeyUsage=clientAuth")
     return Certs(
         d / "server-ca.crt", d / "server.crt", d / "server.key",
         d / "client-ca.crt", d / "client.crt", d / "client.key",
