@@ -243,12 +243,7 @@ class GpuCollector:
     def stop(self) -> None:
         """Shut NVML down (best effort, bounded by the deadline) and end the worker thread."""
         if self._initialized and self._busy is None:
-            nvml = self._nvml
-            fut = self._worker.submit(lambda: nvml.nvmlShutdown())
-            try:
-                fut.result(timeout=self._deadline)
-            except Exception as exc:  # shutting down anyway: note it, never block on it
-                log.warning("nvml_shutdown_failed", error=str(exc))
+            self._shutdown()
         self._initialized = False
         self._worker.stop()
 
@@ -282,14 +277,14 @@ class GpuCollector:
             energy_joules=dict(self._energy),
         )
         if self._track_down(samples, now):
-            self._reinit()
+            self._shutdown()
         elif now >= self._energy_due and (self._energy_job is None or self._energy_job.done()):
             self._energy_due = now + self._energy_interval
             self._energy_job = self._worker.submit(self._read_energy)
         return snapshot
 
     def _track_down(self, samples: Sequence[GpuSample], now: float) -> bool:
-        """Note which GPUs are down; True if one has been down long enough to re-initialise."""
+        """Note which GPUs are down; True if one has been down long enough to reopen NVML."""
         for sample in samples:
             if sample.up:
                 if self._down_since.pop(sample.index, None) is not None:
@@ -304,12 +299,14 @@ class GpuCollector:
             return True
         return False
 
-    def _reinit(self) -> None:
-        """Shut NVML down; the next round initialises it again and reopens every GPU."""
+    def _shutdown(self) -> None:
+        """nvmlShutdown on the NVML thread, bounded by the deadline; the next round (if any)
+        initialises NVML again and reopens every GPU. A driver in trouble may refuse or hang
+        here too: that is logged, never raised."""
         nvml = self._nvml
         try:
             self._run(lambda: nvml.nvmlShutdown())
-        except nvml.NVMLError as exc:  # a driver in trouble may refuse this too
+        except Exception as exc:  # shutting down anyway: note it, never block on it
             log.warning("nvml_shutdown_failed", error=str(exc))
         self._initialized = False
 
