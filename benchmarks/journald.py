@@ -31,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,10 +112,10 @@ def metric(c: Container, name: str) -> float | None:
     return None
 
 
-def wait(what: str, probe: object, timeout: float = 120.0) -> None:
+def wait(what: str, probe: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if probe():  # type: ignore[operator]
+        if probe():
             return
         time.sleep(0.5)
     raise SystemExit(f"timed out waiting for {what}")

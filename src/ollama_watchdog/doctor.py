@@ -700,9 +700,10 @@ def render(findings: Sequence[Finding]) -> str:
 def render_json(findings: Sequence[Finding]) -> str:
     """The findings as one JSON document: every item, its level, what was found, the fix."""
     counts = {level.name: sum(1 for f in findings if f.level is level) for level in Level}
+    code = exit_code(findings)
     doc = {
-        "status": Level(exit_code(findings)).name,
-        "exit_code": exit_code(findings),
+        "status": Level(code).name,
+        "exit_code": code,
         "counts": counts,
         "findings": [
             {"item": f.item, "level": f.level.name, "text": f.text, "fix": f.fix} for f in findings
