@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.daemon import DaemonProcess, quick_config  # noqa: E402
 from support.tools import free_port  # noqa: E402
 
-from ollama_watchdog.demo import SimulatorSupervisor  # noqa: E402
+from ollama_watchdog.commands.demo import SimulatorSupervisor  # noqa: E402
 
 
 def trial(tmp: Path, interval: float, timeout: float, threshold: int) -> float:

@@ -53,7 +53,7 @@ from pathlib import Path
 import psutil
 
 from ollama_watchdog.collectors.logs import LogsCollector
-from ollama_watchdog.logparse import parse_line
+from ollama_watchdog.ollama.logparse import parse_line
 
 # the tests' support package: the daemon runner and journald entries
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -322,7 +322,7 @@ def daemon_cpu(lines: list[str], rate: int = 1000, seconds: float = 20.0) -> Non
     from support.daemon import DaemonProcess, quick_config
     from support.tools import free_port
 
-    from ollama_watchdog.demo import SimulatorSupervisor
+    from ollama_watchdog.commands.demo import SimulatorSupervisor
 
     tick = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory() as t:

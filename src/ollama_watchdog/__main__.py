@@ -1,5 +1,5 @@
 """``python -m ollama_watchdog`` — the same as the ``ollama-watchdog`` command."""
 
-from .cli import main
+from ollama_watchdog.cli import main
 
 raise SystemExit(main())

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
+from ollama_watchdog import __version__
+from ollama_watchdog.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check, doctor, simulator, store
+    from ollama_watchdog import simulator, store
+    from ollama_watchdog.commands import check, doctor
 
     parser = argparse.ArgumentParser(
         prog="ollama-watchdog",
@@ -84,8 +85,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
-    from .logging import configure_logging
+    from ollama_watchdog.daemon import Daemon
+    from ollama_watchdog.logging import configure_logging
 
     config = _load(args)
     configure_logging()
@@ -118,24 +119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "simulate":
-        from . import simulator
+        from ollama_watchdog import simulator
 
         return simulator.main(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from ollama_watchdog.commands.demo import run_demo
 
         return run_demo(args)
     config = _load(args)
     if args.command == "check":
-        from . import check
+        from ollama_watchdog.commands import check
 
         return check.main(args, config)
     if args.command == "doctor":
-        from . import doctor
+        from ollama_watchdog.commands import doctor
 
         return doctor.main(args, config)
     if args.command == "models":
-        from . import store
+        from ollama_watchdog import store
 
         return store.main(args, config)
     parser.error(f"unknown command {args.command}")

@@ -29,12 +29,12 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from .collectors import BackgroundCollector, Collector
-from .collectors.api import ApiCollector, ProbeOutcome
-from .config import Config, ConfigError, load_config
-from .exposition import CollectorResult, Exporter, SnapshotStore, WebAuth
-from .ollama_api import OllamaClient
-from .watchdog import RestartAction, Watchdog
+from ollama_watchdog.collectors import BackgroundCollector, Collector
+from ollama_watchdog.collectors.api import ApiCollector, ProbeOutcome
+from ollama_watchdog.config import Config, ConfigError, load_config
+from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotStore, WebAuth
+from ollama_watchdog.healing.watchdog import RestartAction, Watchdog
+from ollama_watchdog.ollama.api import OllamaClient
 
 log = structlog.get_logger()
 
@@ -259,7 +259,7 @@ class Daemon:
     def _web_auth(self, config: Config) -> WebAuth | None:
         if not config.exporter.web_config:
             return None
-        from .webconfig import load_web_config
+        from ollama_watchdog.exporter.webconfig import load_web_config
 
         return load_web_config(Path(config.exporter.web_config))
 
@@ -417,10 +417,10 @@ def default_extra_collectors(
     config: Config, on_deep: Callable[[bool, str | None], None]
 ) -> list[Scheduled]:
     """Process, GPU, log and deep-probe collectors, as the config enables them."""
-    from .collectors.gpu import GpuCollector
-    from .collectors.logs import LogsCollector
-    from .collectors.probe import DeepProbeCollector, DeepProbeResult
-    from .collectors.process import ProcessCollector, SystemdMainPid
+    from ollama_watchdog.collectors.gpu import GpuCollector
+    from ollama_watchdog.collectors.logs import LogsCollector
+    from ollama_watchdog.collectors.probe import DeepProbeCollector, DeepProbeResult
+    from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
 
     main_pid = SystemdMainPid(config.ollama.unit) if config.ollama.unit else None
     process = ProcessCollector(config.ollama.models_dir, main_pid=main_pid)

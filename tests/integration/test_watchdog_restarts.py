@@ -17,7 +17,7 @@ import requests
 from support.daemon import DaemonProcess, quick_config
 from support.tools import free_port
 
-from ollama_watchdog.demo import SimulatorSupervisor
+from ollama_watchdog.commands.demo import SimulatorSupervisor
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,9 @@ from support.daemon import write_config
 from support.facts import REAL_LOGS
 from support.sim import SimulatorProcess
 
-from ollama_watchdog import doctor, ollama_env
-from ollama_watchdog.doctor import Finding, Level, Listener
+from ollama_watchdog.commands import doctor
+from ollama_watchdog.commands.doctor import Finding, Level, Listener
+from ollama_watchdog.ollama import env as ollama_env
 from ollama_watchdog.store import ModelStore
 
 SERVER_ARGV = ("/usr/local/bin/ollama", "serve")

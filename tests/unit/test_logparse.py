@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.facts import REAL_LOGS
 
-from ollama_watchdog.logparse import (
+from ollama_watchdog.ollama.logparse import (
     LEVELS,
     RUNNER_ERROR_KINDS,
     Malformed,
@@ -25,7 +25,7 @@ from ollama_watchdog.logparse import (
     parse_go_duration,
     parse_line,
 )
-from ollama_watchdog.routes import METHODS, OTHER, ROUTE_LABELS, ROUTES, route_label
+from ollama_watchdog.ollama.routes import METHODS, OTHER, ROUTE_LABELS, ROUTES, route_label
 
 
 def excerpts() -> dict[str, list[str]]:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ollama_watchdog.logparse import Malformed, Message, Request, Timing, parse_line
-from ollama_watchdog.routes import METHODS, ROUTES, route_label
+from ollama_watchdog.ollama.logparse import Malformed, Message, Request, Timing, parse_line
+from ollama_watchdog.ollama.routes import METHODS, ROUTES, route_label
 from ollama_watchdog.simulator.logformat import (
     format_gin_line,
     format_slog_line,

@@ -8,7 +8,7 @@ import pytest
 from support.sim import SimulatorProcess
 from support.tools import free_port
 
-from ollama_watchdog.ollama_api import OllamaClient, ProbeError, parse_go_time
+from ollama_watchdog.ollama.api import OllamaClient, ProbeError, parse_go_time
 
 
 def chat_model(c: OllamaClient) -> str:

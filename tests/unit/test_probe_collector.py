@@ -13,7 +13,7 @@ from support.sim import SimulatorProcess
 from support.tools import free_port
 
 from ollama_watchdog.collectors.probe import PROMPT, DeepProbeCollector, DeepProbeResult
-from ollama_watchdog.ollama_api import OllamaClient
+from ollama_watchdog.ollama.api import OllamaClient
 
 
 @pytest.fixture

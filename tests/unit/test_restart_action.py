@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
-from ollama_watchdog.watchdog import (
+from ollama_watchdog.healing.watchdog import (
     STDERR_LIMIT,
     ErrorClass,
     RestartAction,

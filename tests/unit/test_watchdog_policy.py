@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
-from ollama_watchdog.watchdog import (
+from ollama_watchdog.healing.watchdog import (
     EVENT_GAVE_UP,
     EVENT_RESTART_DECIDED,
     EVENT_RESTART_FINISHED,

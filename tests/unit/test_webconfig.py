@@ -12,7 +12,7 @@ import pytest
 from support.tools import require_tool
 
 from ollama_watchdog.config import ConfigError, ExporterConfig, parse_listen
-from ollama_watchdog.webconfig import WebConfig, load_web_config
+from ollama_watchdog.exporter.webconfig import WebConfig, load_web_config
 
 # cost 4 keeps the suite fast; the cost is part of the hash, so production hashes work the same
 HASH = bcrypt.hashpw(b"s3cret pass", bcrypt.gensalt(rounds=4)).decode()

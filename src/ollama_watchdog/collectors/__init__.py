@@ -2,7 +2,7 @@
 
 The daemon's scheduler calls ``collect()`` on its own thread at the collector's interval, with a
 deadline. A scrape never calls a collector: it reads the families of the latest finished run
-(see ``ollama_watchdog.exposition``). ``collect()`` may raise; the scheduler records the run as
+(see ``ollama_watchdog.exporter.http``). ``collect()`` may raise; the scheduler records the run as
 failed (``ollama_watchdog_collector_success{collector} 0``), logs it once and carries on.
 
 A collector that follows a source continuously (the log follower) also implements

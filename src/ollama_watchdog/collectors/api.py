@@ -17,7 +17,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ..ollama_api import (
+from ollama_watchdog.ollama.api import (
     PROBE_REASONS,
     LoadedModel,
     ModelInfo,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ollama_watchdog.ollama_api import (
+from ollama_watchdog.ollama.api import (
     PROBE_REASONS,
     GenerateResult,
     OllamaClient,

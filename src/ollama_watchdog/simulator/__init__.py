@@ -12,8 +12,8 @@ producer: ``format_gin_line``, ``format_go_duration``, ``format_slog_line``,
 
 from __future__ import annotations
 
-from .api import FAULTS
-from .logformat import (
+from ollama_watchdog.simulator.api import FAULTS
+from ollama_watchdog.simulator.logformat import (
     format_gin_line,
     format_go_duration,
     format_go_duration_ns,
@@ -24,7 +24,7 @@ from .logformat import (
     go_quote,
     human_bytes2,
 )
-from .serve import add_arguments, main
+from ollama_watchdog.simulator.serve import add_arguments, main
 
 __all__ = [
     "FAULTS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_arguments, main
+from ollama_watchdog.simulator import add_arguments, main
 
 
 def run() -> int:

@@ -23,16 +23,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .catalog import Model, normalize_name, read_model
-from .create import CreateError, blob_path, prepare_create, receive_blob, run_create
-from .logformat import (
+from ollama_watchdog.simulator.catalog import Model, normalize_name, read_model
+from ollama_watchdog.simulator.create import (
+    CreateError,
+    blob_path,
+    prepare_create,
+    receive_blob,
+    run_create,
+)
+from ollama_watchdog.simulator.logformat import (
     format_rfc3339_nano,
     format_timing_lines,
     go_quote,
     utc_now_rfc3339_nano,
 )
-from .logsink import LogSink
-from .protocol import (
+from ollama_watchdog.simulator.logsink import LogSink
+from ollama_watchdog.simulator.protocol import (
     KNOWN_OPTIONS,
     MSG_BUSY,
     MSG_RUNNER_STOPPED,
@@ -46,7 +52,7 @@ from .protocol import (
     parse_keep_alive,
     route_methods,
 )
-from .scheduler import (
+from ollama_watchdog.simulator.scheduler import (
     ERA_LLAMA_SERVER,
     LoadedModel,
     LoadError,

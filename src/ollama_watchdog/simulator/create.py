@@ -26,9 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .catalog import CONFIG_MEDIA, MANIFEST_MEDIA, MODEL_MEDIA, parse_name, write_blob
-from .gguf import MAGIC, GgufError, human_number, read_gguf_info
-from .protocol import go_json, json_kind
+from ollama_watchdog.simulator.catalog import (
+    CONFIG_MEDIA,
+    MANIFEST_MEDIA,
+    MODEL_MEDIA,
+    parse_name,
+    write_blob,
+)
+from ollama_watchdog.simulator.gguf import MAGIC, GgufError, human_number, read_gguf_info
+from ollama_watchdog.simulator.protocol import go_json, json_kind
 
 #: ``manifest/paths.go``: the API spells a digest with ``:``, file names with ``-``.
 DIGEST_PATTERN = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from .logformat import format_gin_line, format_slog_line
+from ollama_watchdog.simulator.logformat import format_gin_line, format_slog_line
 
 
 class LogSink:

@@ -16,10 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import Model
-from .logformat import human_bytes2
-from .logsink import LogSink
-from .runners import OOM_LAST_ERROR, RunnerProcess, exit_description, free_port, spawn_runner
+from ollama_watchdog.simulator.catalog import Model
+from ollama_watchdog.simulator.logformat import human_bytes2
+from ollama_watchdog.simulator.logsink import LogSink
+from ollama_watchdog.simulator.runners import (
+    OOM_LAST_ERROR,
+    RunnerProcess,
+    exit_description,
+    free_port,
+    spawn_runner,
+)
 
 ERA_LLAMA_SERVER = "llama-server"
 ERA_GO_RUNNER = "go-runner"

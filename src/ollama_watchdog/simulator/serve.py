@@ -19,14 +19,27 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from .api import FAULTS, ApiServer, Fault, FaultState, SimSettings, Simulator
-from .catalog import count_blobs, read_store, write_fake_store
-from .control import ControlServer, serve_in_thread
-from .logformat import format_go_duration, human_bytes2
-from .logsink import LogSink
-from .protocol import KeepAliveError, parse_keep_alive
-from .runners import install_runner_scripts
-from .scheduler import ERA_GO_RUNNER, ERA_LLAMA_SERVER, ERAS, Scheduler, host_memory
+from ollama_watchdog.simulator.api import (
+    FAULTS,
+    ApiServer,
+    Fault,
+    FaultState,
+    SimSettings,
+    Simulator,
+)
+from ollama_watchdog.simulator.catalog import count_blobs, read_store, write_fake_store
+from ollama_watchdog.simulator.control import ControlServer, serve_in_thread
+from ollama_watchdog.simulator.logformat import format_go_duration, human_bytes2
+from ollama_watchdog.simulator.logsink import LogSink
+from ollama_watchdog.simulator.protocol import KeepAliveError, parse_keep_alive
+from ollama_watchdog.simulator.runners import install_runner_scripts
+from ollama_watchdog.simulator.scheduler import (
+    ERA_GO_RUNNER,
+    ERA_LLAMA_SERVER,
+    ERAS,
+    Scheduler,
+    host_memory,
+)
 
 DEFAULT_VERSION = {ERA_LLAMA_SERVER: "0.32.15", ERA_GO_RUNNER: "0.24.0"}
 _ORIGINS = (

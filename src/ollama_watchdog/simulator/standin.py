@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..ollama_env import DEPRECATED_PARAMETERS, MODELFILE_PARAMETERS
-from .scheduler import ERA_LLAMA_SERVER
-from .serve import DEFAULT_VERSION, add_arguments
-from .serve import main as simulator_main
+from ollama_watchdog.ollama.env import DEPRECATED_PARAMETERS, MODELFILE_PARAMETERS
+from ollama_watchdog.simulator.scheduler import ERA_LLAMA_SERVER
+from ollama_watchdog.simulator.serve import DEFAULT_VERSION, add_arguments
+from ollama_watchdog.simulator.serve import main as simulator_main
 
 #: What ``ollama --version`` prints: the version the simulator reports in its default era.
 VERSION = DEFAULT_VERSION[ERA_LLAMA_SERVER]

@@ -31,11 +31,11 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from ollama_watchdog import ollama_env
 from ollama_watchdog.collectors.process import classify_argv
-from ollama_watchdog.logparse import Message, parse_line
-from ollama_watchdog.ollama_api import OllamaClient, ProbeError
-from ollama_watchdog.ollama_env import Verdict
+from ollama_watchdog.ollama import env as ollama_env
+from ollama_watchdog.ollama.api import OllamaClient, ProbeError
+from ollama_watchdog.ollama.env import Verdict
+from ollama_watchdog.ollama.logparse import Message, parse_line
 from ollama_watchdog.store import ModelStore, StoreScan, human_bytes
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ lines (v0.30+, §2.7) carry numbers worth counting.
 Nothing here keys on a prefix: journald (with localised month names), docker compose, GUI log
 wrappers and C output glued in front are all skipped by searching for ``[GIN] `` / ``level=``
 inside the line. Every label value an event carries comes from a fixed set
-(:mod:`ollama_watchdog.routes`, :data:`LEVELS`, :data:`RUNNER_ERROR_KINDS`), so no input can
+(:mod:`ollama_watchdog.ollama.routes`, :data:`LEVELS`, :data:`RUNNER_ERROR_KINDS`), so no input can
 create new series, and no message text or prompt ever leaves this module.
 
 Speed matters (the parser sees every line Ollama writes). Each kind of line is recognised by
@@ -30,7 +30,7 @@ import math
 import re
 from typing import Final, Literal, NamedTuple, TypeVar
 
-from ollama_watchdog.routes import method_label, route_label
+from ollama_watchdog.ollama.routes import method_label, route_label
 
 #: values of ``ollama_log_messages_total{level}``
 LEVELS: Final = ("trace", "debug", "info", "warn", "error")

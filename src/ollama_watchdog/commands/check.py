@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ollama_watchdog.collectors.probe import DeepProbeResult, run_deep_probe
-from ollama_watchdog.ollama_api import (
+from ollama_watchdog.ollama.api import (
     LoadedModel,
     ModelInfo,
     OllamaClient,

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from .config import (
+from ollama_watchdog.config import (
     Config,
     ExporterConfig,
     GpuConfig,
@@ -36,7 +36,7 @@ from .config import (
     WatchdogConfig,
     parse_listen,
 )
-from .simulator.standin import write_standin
+from ollama_watchdog.simulator.standin import write_standin
 
 
 class SimulatorSupervisor:
@@ -158,8 +158,8 @@ def demo_config(
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
-    from .logging import configure_logging
+    from ollama_watchdog.daemon import Daemon
+    from ollama_watchdog.logging import configure_logging
 
     configure_logging()
     with tempfile.TemporaryDirectory(prefix="ollama-watchdog-demo-") as tmp:

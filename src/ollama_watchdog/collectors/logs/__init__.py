@@ -1,7 +1,7 @@
 """Request, error and token metrics from Ollama's own log, followed in the background.
 
 Ollama has no ``/metrics``; its log has a line per request and per runner failure
-(:mod:`ollama_watchdog.logparse`). This collector follows that log without sitting in the
+(:mod:`ollama_watchdog.ollama.logparse`). This collector follows that log without sitting in the
 request path, from one of two sources (``[logs] source``):
 
 * ``journald``: ``journalctl -o json --follow`` for the unit. The cursor of the last line
@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from ollama_watchdog.logparse import (
+from ollama_watchdog.ollama.logparse import (
     LEVELS,
     RUNNER_ERROR_KINDS,
     Event,

@@ -23,8 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
-from . import __version__
-from .config import parse_listen
+from ollama_watchdog import __version__
+from ollama_watchdog.config import parse_listen
 
 # A client that opens a connection and sends nothing must not hold a server thread for long.
 _CONNECTION_TIMEOUT = 10.0
