@@ -137,6 +137,15 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
+def human_duration(seconds: float) -> str:
+    """``format_duration`` at a precision a human reads: whole seconds past ten seconds."""
+    if seconds >= 10:
+        seconds = float(round(seconds))
+    elif seconds >= 1:
+        seconds = round(seconds, 1)
+    return format_duration(max(seconds, 0.0))
+
+
 def _positive_duration(raw: object) -> float:
     value = parse_duration(raw)
     if value <= 0:
@@ -386,6 +395,7 @@ __all__ = [
     "ProbeConfig",
     "WatchdogConfig",
     "format_duration",
+    "human_duration",
     "load_config",
     "parse_duration",
     "parse_listen",

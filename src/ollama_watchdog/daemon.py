@@ -1,16 +1,18 @@
-"""The daemon: wires collectors, the exporter, the restart watchdog and systemd together.
+"""The daemon: wiring only — the registered collectors, the exporter, the healing side, systemd.
 
 Threads (STYLE.md): one runner thread per collector (each on its own interval, with a deadline),
-the exporter's HTTP server, the log follower's own thread, the restart command's thread, and the
-main loop here. Collector results travel through the ``SnapshotStore``; probe outcomes that feed
-the restart policy travel through a queue to the main loop, the only thread that touches the
-``Watchdog``.
+the exporter's HTTP server, the log follower's own thread, the restart action's worker, and the
+main loop here. Every collector's result (the healing side's own ``watchdog`` families
+included) is measured the same way (:func:`measure`) and published on the ``SnapshotBoard``.
+Signals for the healing side travel through one queue to the main loop, the only thread that
+touches the ``Watchdog``.
 
-systemd (DESIGN.md "systemd"): ``READY=1`` once the exporter listens, ``WATCHDOG=1`` from the main
-loop only while the loop and the liveness prober make progress (a wedged prober must get the
-watchdog itself restarted, or nobody would notice Ollama hanging), ``STATUS=`` one sentence,
-``STOPPING=1`` on shutdown. SIGTERM/SIGINT stop within 2 s; SIGHUP reloads the config: a bad new
-config is refused with one error event and the old one stays in force.
+systemd (DESIGN.md "systemd"): ``READY=1`` once the exporter listens; the keep-alive
+``WATCHDOG=1`` from the main loop only while the loop and every collector registered with
+``keepalive`` (the liveness prober) make progress — a wedged prober must get the daemon itself
+restarted, or nobody would notice Ollama hanging; ``STATUS=`` one sentence; ``STOPPING=1`` on
+shutdown. SIGTERM/SIGINT stop within 2 s; SIGHUP reloads the config: a bad new config is refused
+with one error event and the old one stays in force.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -29,12 +31,21 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ollama_watchdog.collectors import BackgroundCollector, Collector
-from ollama_watchdog.collectors.api import ApiCollector, ProbeOutcome
+from ollama_watchdog.collectors import (
+    REGISTRY,
+    BackgroundCollector,
+    Closable,
+    Collector,
+    CollectorPlan,
+    Registration,
+    StatusSource,
+    build_collectors,
+)
 from ollama_watchdog.config import Config, ConfigError, load_config
-from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotStore, WebAuth
-from ollama_watchdog.healing.watchdog import RestartAction, Watchdog
-from ollama_watchdog.ollama.api import OllamaClient
+from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotBoard, WebAuth
+from ollama_watchdog.healing.actions import RestartAction
+from ollama_watchdog.healing.watchdog import Watchdog
+from ollama_watchdog.signals import Signal
 
 log = structlog.get_logger()
 
@@ -42,13 +53,20 @@ log = structlog.get_logger()
 _MAX_TICK = 1.0
 
 
-@dataclass(frozen=True)
-class Scheduled:
-    """A collector with its cadence and deadline."""
-
-    collector: Collector
-    interval: float
-    timeout: float
+def measure(collector: Collector) -> tuple[CollectorResult, Exception | None]:
+    """One run of ``collector``, timed: its result, and the exception if it raised."""
+    start = time.monotonic()
+    error: Exception | None = None
+    families: Sequence[Metric] = ()
+    try:
+        families = collector.collect()
+    except Exception as exc:  # a collector never takes the loop down
+        error = exc
+    end = time.monotonic()
+    result = CollectorResult(
+        collector.name, tuple(families), error is None, end - start, time.time()
+    )
+    return result, error
 
 
 class CollectorRunner:
@@ -59,9 +77,9 @@ class CollectorRunner:
     run's own result is published whenever it finally returns. No new run starts meanwhile.
     """
 
-    def __init__(self, item: Scheduled, store: SnapshotStore, stop: threading.Event) -> None:
-        self.item = item
-        self._store = store
+    def __init__(self, plan: CollectorPlan, board: SnapshotBoard, stop: threading.Event) -> None:
+        self.plan = plan
+        self._board = board
         self._stop = stop
         self._halt = threading.Event()  # this runner only (config reload)
         self._wake = threading.Event()
@@ -70,12 +88,12 @@ class CollectorRunner:
         self._timed_out = False
         self._failing = False
         self._thread = threading.Thread(
-            target=self._loop, name=f"collector-{item.collector.name}", daemon=True
+            target=self._loop, name=f"collector-{plan.collector.name}", daemon=True
         )
 
     @property
     def name(self) -> str:
-        return self.item.collector.name
+        return self.plan.collector.name
 
     def start(self) -> None:
         self._thread.start()
@@ -94,47 +112,46 @@ class CollectorRunner:
         next_run = time.monotonic()
         while not (self._stop.is_set() or self._halt.is_set()):
             self._run_once()
-            next_run = max(next_run + self.item.interval, time.monotonic())
+            next_run = max(next_run + self.plan.interval, time.monotonic())
             self._wake.wait(max(0.0, next_run - time.monotonic()))
             if self._wake.is_set():
                 self._wake.clear()
                 next_run = time.monotonic()
 
     def _run_once(self) -> None:
-        start = time.monotonic()
-        self.started_at = start
-        success = True
-        families: Sequence[Metric] = ()
-        try:
-            families = self.item.collector.collect()
-        except Exception as exc:  # a collector never takes the loop down
-            success = False
+        self.started_at = time.monotonic()
+        result, error = measure(self.plan.collector)
+        if error is not None:
             if not self._failing:
                 log.error(
-                    "collector_failed", collector=self.name, error=f"{type(exc).__name__}: {exc}"
+                    "collector_failed",
+                    collector=self.name,
+                    error=f"{type(error).__name__}: {error}",
                 )
-        else:
-            if self._failing or self._timed_out:
-                log.info("collector_recovered", collector=self.name)
-        self._failing = not success
+        elif self._failing or self._timed_out:
+            log.info("collector_recovered", collector=self.name)
+        self._failing = error is not None
         self._timed_out = False
-        end = time.monotonic()
         self.started_at = None
-        self.last_finished = end
+        self.last_finished = time.monotonic()
         if self._halt.is_set():
             return  # replaced by a reload meanwhile: its result must not land
-        self._store.publish(
-            CollectorResult(self.name, tuple(families), success, end - start, time.time())
-        )
+        self._board.publish(result)
 
     def check_deadline(self, now: float) -> None:
         """Called by the main loop: publish a failure for a run past its deadline."""
         started = self.started_at
-        if started is None or self._timed_out or now - started <= self.item.timeout:
+        if started is None or self._timed_out or now - started <= self.plan.timeout:
             return
         self._timed_out = True
-        log.error("collector_timeout", collector=self.name, timeout_s=self.item.timeout)
-        self._store.publish(CollectorResult(self.name, (), False, now - started, time.time()))
+        log.error("collector_timeout", collector=self.name, timeout_s=self.plan.timeout)
+        self._board.publish(CollectorResult(self.name, (), False, now - started, time.time()))
+
+    def making_progress(self, now: float) -> bool:
+        """False once a run has gone on well past its interval and deadline together."""
+        started = self.started_at
+        limit = self.plan.interval + self.plan.timeout + 10.0
+        return started is None or now - started <= limit
 
 
 class Notifier:
@@ -157,8 +174,9 @@ class Notifier:
             self.send("STATUS=" + sentence)
 
 
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec for this process, or None when not supervised."""
+def keepalive_interval() -> float | None:
+    """Half of systemd's ``WatchdogSec`` for this process (how often ``WATCHDOG=1`` is due), or
+    None when systemd supervises no keep-alive."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
     if not usec or (pid and pid != str(os.getpid())):
@@ -169,22 +187,29 @@ def watchdog_interval() -> float | None:
         return None
 
 
-def _status_sentence(api: ApiCollector, wd: Watchdog, config: Config) -> str:
-    st = api.state
-    live = st.liveness
-    if live is None:
-        head = "waiting for the first probe of " + config.ollama.url
-    elif live.ok:
-        models = (
-            ""
-            if st.loaded is None
-            else f", {len(st.loaded)} model" + ("" if len(st.loaded) == 1 else "s") + " loaded"
+
+class DaemonSelf:
+    """Collector ``watchdog``: the daemon's own families — the configuration's reload state and
+    the healing side's (``Watchdog.collect``). Run by the main loop, which owns both."""
+
+    name = "watchdog"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def collect(self) -> Sequence[Metric]:
+        d = self._daemon
+        ok = GaugeMetricFamily(
+            "ollama_watchdog_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded.",
         )
-        head = f"ollama {st.version or '?'} up{models}, last probe {live.duration * 1000:.0f} ms"
-    else:
-        head = f"ollama down ({live.reason}: {live.error})"
-    policy = wd.status()
-    return head if not policy else f"{head}; {policy}"
+        ok.add_metric([], 1.0 if d.reload_ok else 0.0)
+        at = GaugeMetricFamily(
+            "ollama_watchdog_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully, as a Unix time.",
+        )
+        at.add_metric([], d.reload_ok_at)
+        return [ok, at, *d.watchdog.collect()]
 
 
 class Daemon:
@@ -196,29 +221,26 @@ class Daemon:
         config_path: Path | None,
         *,
         dry_run: bool = False,
-        build_extra: Callable[[Config, Callable[[bool, str | None], None]], list[Scheduled]]
-        | None = None,
+        registry: tuple[Registration, ...] = REGISTRY,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.dry_run = dry_run
-        self._build_extra = build_extra or default_extra_collectors
-        self.store = SnapshotStore()
+        self._registry = registry
+        self.board = SnapshotBoard()
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wakeup = threading.Event()
-        self._liveness: queue.SimpleQueue[ProbeOutcome] = queue.SimpleQueue()
-        self._deep: queue.SimpleQueue[tuple[bool, str | None]] = queue.SimpleQueue()
+        self._signals: queue.SimpleQueue[Signal] = queue.SimpleQueue()
         self._notifier = Notifier()
         self._runners: list[CollectorRunner] = []
-        self._background: list[BackgroundCollector] = []
-        self._reload_ok = True
-        self._reload_ok_at = time.time()
+        self._collectors: list[Collector] = []
+        self.reload_ok = True
+        self.reload_ok_at = time.time()
         self._loop_heartbeat = time.monotonic()
         self.exporter: Exporter | None = None
         self.watchdog = self._make_watchdog(config)
-        self.api: ApiCollector | None = None
-        self._client: OllamaClient | None = None
+        self._self = DaemonSelf(self)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -227,34 +249,32 @@ class Daemon:
         return Watchdog(config.watchdog, action)
 
     def _start_collectors(self, config: Config) -> None:
-        self._client = OllamaClient(config.ollama.url, config.ollama.timeout)
-        self.api = ApiCollector(self._client, on_liveness=self._on_liveness)
-        items = [Scheduled(self.api, config.probe.interval, config.ollama.timeout * 3 + 1)]
-        items += self._build_extra(config, self._on_deep)
-        for item in items:
-            c = item.collector
+        for plan in build_collectors(config, self.emit, self._registry):
+            c = plan.collector
+            self._collectors.append(c)
             if isinstance(c, BackgroundCollector):
                 c.start()
-                self._background.append(c)
-            runner = CollectorRunner(item, self.store, self._stop)
+            runner = CollectorRunner(plan, self.board, self._stop)
             self._runners.append(runner)
             runner.start()
 
     def _stop_collectors(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        for bg in self._background:
-            try:
-                bg.stop()
-            except Exception as exc:  # stopping must go on for the others
-                log.error("collector_stop_failed", collector=bg.name, error=str(exc))
+        for c in self._collectors:
+            if isinstance(c, BackgroundCollector):
+                try:
+                    c.stop()
+                except Exception as exc:  # stopping must go on for the others
+                    log.error("collector_stop_failed", collector=c.name, error=str(exc))
         for r in self._runners:
             r.join(max(0.0, deadline - time.monotonic()))
         for r in self._runners:
-            self.store.remove(r.name)
+            self.board.remove(r.name)
+        for c in self._collectors:
+            if isinstance(c, Closable):
+                c.close()
         self._runners = []
-        self._background = []
-        if self._client is not None:
-            self._client.close()
+        self._collectors = []
 
     def _web_auth(self, config: Config) -> WebAuth | None:
         if not config.exporter.web_config:
@@ -268,7 +288,7 @@ class Daemon:
     def prepare(self) -> None:
         """Bind the exporter (raises OSError when the port is taken) — before anything starts."""
         self.exporter = Exporter(
-            self.config.exporter.listen, self.store, self.health, self._web_auth(self.config)
+            self.config.exporter.listen, self.board, self.health, self._web_auth(self.config)
         )
 
     def health(self) -> tuple[bool, str]:
@@ -285,14 +305,10 @@ class Daemon:
         self._reload.set()
         self._wakeup.set()
 
-    # Probe outcomes wake the main loop at once: the restart decision is not left waiting for
-    # the next tick (up to a second of detection latency otherwise).
-    def _on_liveness(self, outcome: ProbeOutcome) -> None:
-        self._liveness.put(outcome)
-        self._wakeup.set()
-
-    def _on_deep(self, ok: bool, error: str | None) -> None:
-        self._deep.put((ok, error))
+    def emit(self, sig: Signal) -> None:
+        """The signal channel: any collector's thread puts, the main loop takes. A signal wakes
+        the loop at once, so a decision is not left waiting for the next tick."""
+        self._signals.put(sig)
         self._wakeup.set()
 
     def install_signal_handlers(self) -> None:
@@ -312,7 +328,7 @@ class Daemon:
         assert self.exporter is not None
         self.exporter.start()
         self._start_collectors(self.config)
-        self._publish_self_metrics()
+        self._publish_self()
         log.info(
             "started",
             listen=f"{self.exporter.scheme}://{self.config.exporter.listen}",
@@ -321,7 +337,7 @@ class Daemon:
             watchdog_enabled=self.config.watchdog.enabled,
         )
         self._notifier.send("READY=1")
-        tick = min(_MAX_TICK, watchdog_interval() or _MAX_TICK)
+        tick = min(_MAX_TICK, keepalive_interval() or _MAX_TICK)
         try:
             while not self._stop.is_set():
                 self._turn()
@@ -336,50 +352,33 @@ class Daemon:
         self._loop_heartbeat = now
         while True:
             try:
-                outcome = self._liveness.get_nowait()
+                sig = self._signals.get_nowait()
             except queue.Empty:
                 break
-            error = None if outcome.ok else f"{outcome.reason}: {outcome.error}"
-            self.watchdog.observe_liveness(outcome.ok, error)
-        while True:
-            try:
-                ok, err = self._deep.get_nowait()
-            except queue.Empty:
-                break
-            self.watchdog.observe_deep(ok, err)
+            self.watchdog.observe(sig)
         self.watchdog.tick()
         for r in self._runners:
             r.check_deadline(now)
         if self._reload.is_set():
             self._reload.clear()
             self._do_reload()
-        self._publish_self_metrics()
-        assert self.api is not None
-        self._notifier.status(_status_sentence(self.api, self.watchdog, self.config))
-        if self._prober_alive(now):
+        self._publish_self()
+        self._notifier.status(self._status_sentence())
+        if all(r.making_progress(now) for r in self._runners if r.plan.keepalive):
             self._notifier.send("WATCHDOG=1")
 
-    def _prober_alive(self, now: float) -> bool:
-        for r in self._runners:
-            if r.item.collector is self.api:
-                limit = r.item.interval + r.item.timeout + 10.0
-                started = r.started_at
-                return started is None or now - started <= limit
-        return True
+    def _status_sentence(self) -> str:
+        parts = [c.status() for c in self._collectors if isinstance(c, StatusSource)]
+        policy = self.watchdog.status()
+        if policy:
+            parts.append(policy)
+        return "; ".join(p for p in parts if p)
 
-    def _publish_self_metrics(self) -> None:
-        ok = GaugeMetricFamily(
-            "ollama_watchdog_config_last_reload_successful",
-            "1 if the last configuration (re)load succeeded.",
-        )
-        ok.add_metric([], 1.0 if self._reload_ok else 0.0)
-        at = GaugeMetricFamily(
-            "ollama_watchdog_config_last_reload_success_timestamp_seconds",
-            "When the configuration was last loaded successfully, as a Unix time.",
-        )
-        at.add_metric([], self._reload_ok_at)
-        self.store.publish_extra("config", [ok, at])
-        self.store.publish_extra("watchdog", self.watchdog.collect())
+    def _publish_self(self) -> None:
+        result, error = measure(self._self)
+        if error is not None:
+            log.error("collector_failed", collector=self._self.name, error=str(error))
+        self.board.publish(result)
 
     def _do_reload(self) -> None:
         try:
@@ -392,7 +391,7 @@ class Daemon:
                 )
                 new = replace(new, exporter=self.config.exporter)
         except ConfigError as exc:
-            self._reload_ok = False
+            self.reload_ok = False
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             return
         self._stop_collectors(timeout=1.5)
@@ -401,8 +400,8 @@ class Daemon:
             self.watchdog = self._make_watchdog(new)
         self.config = new
         self._start_collectors(new)
-        self._reload_ok = True
-        self._reload_ok_at = time.time()
+        self.reload_ok = True
+        self.reload_ok_at = time.time()
         log.info("reloaded", config=str(self.config_path))
 
     def _shutdown(self) -> None:
@@ -413,45 +412,4 @@ class Daemon:
         self._stop_collectors(timeout=1.0)
 
 
-def default_extra_collectors(
-    config: Config, on_deep: Callable[[bool, str | None], None]
-) -> list[Scheduled]:
-    """Process, GPU, log and deep-probe collectors, as the config enables them."""
-    from ollama_watchdog.collectors.gpu import GpuCollector
-    from ollama_watchdog.collectors.logs import LogsCollector
-    from ollama_watchdog.collectors.probe import DeepProbeCollector, DeepProbeResult
-    from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
-
-    main_pid = SystemdMainPid(config.ollama.unit) if config.ollama.unit else None
-    process = ProcessCollector(config.ollama.models_dir, main_pid=main_pid)
-    items = [Scheduled(process, config.probe.interval, 10.0)]
-    if config.gpu.enabled != "false":
-        gpu = GpuCollector(process.ollama_pids, required=config.gpu.enabled == "true")
-        # NVML runs with its own deadline inside the collector; this one is a backstop
-        items.append(Scheduled(gpu, config.probe.interval, 10.0))
-    if config.logs.source != "none":
-        logs = LogsCollector(
-            config.logs.source,  # type: ignore[arg-type]  # validated by config.py
-            path=config.logs.path,
-            state_dir=config.logs.state_dir,
-            models_dir=config.ollama.models_dir,
-            unit=config.ollama.unit,
-        )
-        # collect() only copies counters: cheap, so as often as the probes
-        items.append(Scheduled(logs, config.probe.interval, 5.0))
-    if config.probe.deep_model:
-
-        def forward(r: DeepProbeResult) -> None:
-            on_deep(r.ok, None if r.ok else f"{r.reason}: {r.error}")
-
-        deep = DeepProbeCollector(
-            OllamaClient(config.ollama.url, config.probe.deep_timeout),
-            config.probe.deep_model,
-            config.probe.deep_timeout,
-            on_result=forward,
-        )
-        items.append(Scheduled(deep, config.probe.deep_interval, config.probe.deep_timeout + 5))
-    return items
-
-
-__all__ = ["CollectorRunner", "Daemon", "Scheduled", "default_extra_collectors"]
+__all__ = ["CollectorRunner", "Daemon", "DaemonSelf", "keepalive_interval", "measure"]

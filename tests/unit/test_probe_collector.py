@@ -12,8 +12,9 @@ from support.registry import registry_of
 from support.sim import SimulatorProcess
 from support.tools import free_port
 
-from ollama_watchdog.collectors.probe import PROMPT, DeepProbeCollector, DeepProbeResult
+from ollama_watchdog.collectors.probe import PROMPT, DeepProbeCollector
 from ollama_watchdog.ollama.api import OllamaClient
+from ollama_watchdog.signals import Signal, SignalKind
 
 
 @pytest.fixture
@@ -40,8 +41,8 @@ GEN = {"probe": "generate"}
 
 
 def test_a_good_probe_exports_ttft_rate_and_load(client: OllamaClient) -> None:
-    results: list[DeepProbeResult] = []
-    collector = DeepProbeCollector(client, first_model(client), 30, on_result=results.append)
+    signals: list[Signal] = []
+    collector = DeepProbeCollector(client, first_model(client), 30, emit=signals.append)
     registry = registry_of(collector.collect())
     assert registry.get_sample_value("ollama_probe_success", GEN) == 1.0
     assert (registry.get_sample_value("ollama_probe_duration_seconds", GEN) or 0) > 0
@@ -53,7 +54,7 @@ def test_a_good_probe_exports_ttft_rate_and_load(client: OllamaClient) -> None:
         assert registry.get_sample_value("ollama_probe_failures_total", labels) == 0.0
     last = collector.last_result
     assert last is not None and last.ok and last.reason is None
-    assert results == [last]
+    assert signals == [Signal.passed(SignalKind.DEEP_PROBE)]
     assert last.result is not None and last.result.eval_count > 0
 
 

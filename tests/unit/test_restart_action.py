@@ -17,17 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 from structlog.testing import capture_logs
+from support.clock import FakeClock
 from support.registry import registry_of
+from support.wait import wait_until
 
 from ollama_watchdog.config import WatchdogConfig
-from ollama_watchdog.healing.watchdog import (
-    STDERR_LIMIT,
-    ErrorClass,
-    RestartAction,
-    RestartOutcome,
-    State,
-    Watchdog,
-)
+from ollama_watchdog.healing.actions import STDERR_LIMIT, ErrorClass, RestartAction, RestartResult
+from ollama_watchdog.healing.policy import State
+from ollama_watchdog.healing.watchdog import Watchdog
+from ollama_watchdog.signals import Signal, SignalKind
 
 #: generous: only ever waited for, never asserted on
 DEADLINE = 60.0
@@ -48,22 +46,20 @@ def gone(pid: int) -> bool:
 
 
 def wait_until_gone(pid: int) -> bool:
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        if gone(pid):
-            return True
-        time.sleep(0.05)
-    return gone(pid)
+    return wait_until(lambda: gone(pid), f"pid {pid} gone", timeout=DEADLINE)
 
 
 def read_pid(path: Path) -> int:
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
+    def pid() -> int | None:
         text = path.read_text() if path.exists() else ""
-        if text.strip():
-            return int(text)
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never got a pid")
+        return int(text) if text.strip() else None
+
+    return wait_until(pid, f"{path} gets a pid", timeout=DEADLINE, interval=0.02)
+
+
+def live(ok: bool, error: str | None = None) -> Signal:
+    """A liveness probe result as the API collector emits it (the text as its detail)."""
+    return Signal(SignalKind.LIVENESS, ok, None, error or "")
 
 
 @pytest.fixture
@@ -181,7 +177,7 @@ def test_dry_run_decides_but_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     with capture_logs() as logs:
         outcome = RestartAction(["touch", str(marker)], DEADLINE, dry_run=True).run()
-    assert outcome == RestartOutcome(True, None, "", 0.0, None, dry_run=True)
+    assert outcome == RestartResult(True, None, "", 0.0, None, dry_run=True)
     assert not marker.exists()
     assert [e["event"] for e in logs] == ["restart_command_skipped"]
     assert logs[0]["dry_run"] is True
@@ -201,14 +197,6 @@ def sample(watchdog: Watchdog, name: str, labels: dict[str, str] | None = None) 
     return registry_of(watchdog).get_sample_value(name, labels or {})
 
 
-class FakeClock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def quick_config(command: Sequence[str], **overrides: object) -> WatchdogConfig:
     values: dict[str, object] = {
         "startup_grace": 0.0,
@@ -226,9 +214,9 @@ def test_watchdog_runs_the_command_after_threshold_and_exports_it(tmp_path: Path
     wall = FakeClock(1_700_000_000.0)
     with capture_logs() as logs:
         wd = Watchdog(config, wall_clock=wall)
-        assert not wd.observe_liveness(False, "refused").restart
+        assert not wd.observe(live(False, "refused")).restart
         assert not marker.exists()
-        decision = wd.observe_liveness(False, "refused")
+        decision = wd.observe(live(False, "refused"))
         assert decision.restart
         assert wd.wait_for_restart(DEADLINE)
     assert marker.read_text() == "restarted\n"
@@ -252,14 +240,14 @@ def test_failing_restart_command_is_counted_and_the_watchdog_carries_on() -> Non
     config = quick_config(sh("echo 'Access denied' >&2; exit 1"), failure_threshold=1)
     with capture_logs() as logs:
         wd = Watchdog(config)
-        assert wd.observe_liveness(False, "timeout after 5s").restart
+        assert wd.observe(live(False, "timeout after 5s")).restart
         assert wd.wait_for_restart(DEADLINE)
     assert sample(wd, "ollama_watchdog_restart_failures_total") == 1.0
     assert wd.snapshot().last_error == "restart failed: exit status 1: Access denied"
     finished = next(e for e in logs if e["event"] == "restart_finished")
     assert finished["last_error"] == "restart failed: exit status 1: Access denied"
     # still observing and deciding afterwards
-    assert wd.observe_liveness(True).state_after is State.HEALTHY
+    assert wd.observe(live(True)).state_after is State.HEALTHY
 
 
 def test_the_loop_is_not_blocked_while_the_restart_command_runs(tmp_path: Path) -> None:
@@ -268,10 +256,10 @@ def test_the_loop_is_not_blocked_while_the_restart_command_runs(tmp_path: Path) 
     config = quick_config(sh(f"while [ ! -e {go} ]; do sleep 0.05; done"), failure_threshold=1)
     wd = Watchdog(config)
     try:
-        assert wd.observe_liveness(False, "timeout after 5s").restart
+        assert wd.observe(live(False, "timeout after 5s")).restart
         # the observation came back while the command still runs: the loop keeps going
         for _ in range(5):
-            d = wd.observe_liveness(False, "timeout after 5s")
+            d = wd.observe(live(False, "timeout after 5s"))
             assert not d.restart
             assert d.state_after is State.RESTARTING
         assert wd.status().startswith("restarting ollama (liveness)")
@@ -286,7 +274,7 @@ def test_dry_run_watchdog_counts_restarts_without_running_them(tmp_path: Path) -
     marker = tmp_path / "ran"
     config = quick_config(["touch", str(marker)], failure_threshold=1)
     wd = Watchdog(config, dry_run=True)
-    assert wd.observe_liveness(False, "refused").restart
+    assert wd.observe(live(False, "refused")).restart
     assert wd.wait_for_restart(DEADLINE)
     assert not marker.exists()
     assert sample(wd, "ollama_watchdog_restarts_total", {"reason": "liveness"}) == 1.0
@@ -297,11 +285,11 @@ def test_watchdog_state_metric_follows_the_policy() -> None:
     wd = Watchdog(quick_config(["true"], max_restarts=0), clock=clock)
     assert sample(wd, "ollama_watchdog_state", {"state": "healthy"}) == 1.0
     clock.t = 10.0
-    wd.observe_liveness(False, "refused")
+    wd.observe(live(False, "refused"))
     assert sample(wd, "ollama_watchdog_state", {"state": "degraded"}) == 1.0
     assert sample(wd, "ollama_watchdog_consecutive_failures") == 1.0
     clock.t = 20.0
-    wd.observe_liveness(False, "refused")
+    wd.observe(live(False, "refused"))
     assert sample(wd, "ollama_watchdog_state", {"state": "gave_up"}) == 1.0
     assert sample(wd, "ollama_watchdog_restart_budget_remaining") == 0.0
     assert wd.status() == "gave up after 0 restarts in 30m; last error: refused"
@@ -313,12 +301,12 @@ def test_a_finished_restart_is_logged_by_the_next_observation(tmp_path: Path) ->
     with capture_logs() as logs:
         wd = Watchdog(config)
         try:
-            assert wd.observe_liveness(False, "refused").restart
+            assert wd.observe(live(False, "refused")).restart
         finally:
             go.touch()
         end = time.monotonic() + DEADLINE
         while wd.snapshot().state is not State.HEALTHY and time.monotonic() < end:
-            wd.observe_liveness(True)
+            wd.observe(live(True))
             time.sleep(0.05)
     assert wd.snapshot().state is State.HEALTHY
     events = [e["event"] for e in logs]

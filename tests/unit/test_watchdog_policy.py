@@ -13,45 +13,46 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.clock import FakeClock
 from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
-from ollama_watchdog.healing.watchdog import (
+from ollama_watchdog.healing.policy import (
     EVENT_GAVE_UP,
     EVENT_RESTART_DECIDED,
     EVENT_RESTART_FINISHED,
     EVENT_STATE_CHANGED,
     Decision,
     PolicySnapshot,
-    Reason,
     State,
     WatchdogPolicy,
-    policy_metrics,
 )
+from ollama_watchdog.healing.watchdog import policy_metrics
+from ollama_watchdog.signals import Signal, SignalKind
 
 ERR = "timeout after 5s"
+
+
+def live(ok: bool, error: str | None = None) -> Signal:
+    """A liveness probe result as the API collector emits it (the text as its detail)."""
+    return Signal(SignalKind.LIVENESS, ok, None, error or "")
+
+
+def deep(ok: bool, error: str | None = None) -> Signal:
+    """A deep probe result as the deep-probe collector emits it."""
+    return Signal(SignalKind.DEEP_PROBE, ok, None, error or "")
 
 
 def cfg(**overrides: object) -> WatchdogConfig:
     return WatchdogConfig(**overrides)  # type: ignore[arg-type]
 
 
-class Clock:
-    """A hand-driven monotonic clock."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-
-    def __call__(self, advance: float = 0.0) -> float:
-        self.t += advance
-        return self.t
-
 
 def fail_until_restart(
-    p: WatchdogPolicy, clock: Clock, every: float = 10.0, limit: int = 1000
+    p: WatchdogPolicy, clock: FakeClock, every: float = 10.0, limit: int = 1000
 ) -> Decision:
     for _ in range(limit):
-        d = p.observe_liveness(False, ERR, clock(every))
+        d = p.observe(live(False, ERR), clock(every))
         if d.restart:
             return d
     raise AssertionError("no restart decided")
@@ -71,7 +72,7 @@ def test_new_policy_is_healthy_and_says_so() -> None:
 def test_failures_inside_startup_grace_are_not_counted() -> None:
     p = WatchdogPolicy(cfg(startup_grace=30.0, failure_threshold=3), 0.0)
     for t in (5.0, 10.0, 15.0, 20.0, 25.0):
-        d = p.observe_liveness(False, ERR, t)
+        d = p.observe(live(False, ERR), t)
         assert not d.restart
         assert d.consecutive_failures == 0
     assert d.state_after is State.DEGRADED
@@ -85,24 +86,24 @@ def test_ollama_down_at_start_is_restarted_after_grace_plus_threshold() -> None:
     # an Ollama that was down before the watchdog started: not restarted at once, not never
     p = WatchdogPolicy(cfg(startup_grace=30.0, failure_threshold=3), 0.0)
     times = [t * 10.0 for t in range(1, 10)]
-    restarts = [t for t in times if p.observe_liveness(False, ERR, t).restart]
+    restarts = [t for t in times if p.observe(live(False, ERR), t).restart]
     # 30 is the first counted failure (grace is [0, 30)), 50 the third
     assert restarts == [50.0]
 
 
 def test_threshold_minus_one_failures_only_degrade() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=3), 0.0)
-    d1 = p.observe_liveness(False, "refused", 1.0)
-    d2 = p.observe_liveness(False, "refused", 2.0)
+    d1 = p.observe(live(False, "refused"), 1.0)
+    d2 = p.observe(live(False, "refused"), 2.0)
     assert (d1.action, d2.action) == ("none", "none")
     assert d2.state_after is State.DEGRADED
     assert d2.consecutive_failures == 2
     assert p.status_sentence(2.0) == (
         "degraded: 2 of 3 failed probes before a restart; last error: refused"
     )
-    d3 = p.observe_liveness(False, "refused", 3.0)
+    d3 = p.observe(live(False, "refused"), 3.0)
     assert d3.restart
-    assert d3.reason is Reason.LIVENESS
+    assert d3.reason is SignalKind.LIVENESS
     assert d3.event == EVENT_RESTART_DECIDED
     assert (d3.state_before, d3.state_after) == (State.DEGRADED, State.RESTARTING)
 
@@ -110,11 +111,11 @@ def test_threshold_minus_one_failures_only_degrade() -> None:
 def test_a_success_resets_the_consecutive_count() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=3), 0.0)
     decisions = [
-        p.observe_liveness(False, ERR, 1.0),
-        p.observe_liveness(False, ERR, 2.0),
-        p.observe_liveness(True, None, 3.0),
-        p.observe_liveness(False, ERR, 4.0),
-        p.observe_liveness(False, ERR, 5.0),
+        p.observe(live(False, ERR), 1.0),
+        p.observe(live(False, ERR), 2.0),
+        p.observe(live(True, None), 3.0),
+        p.observe(live(False, ERR), 4.0),
+        p.observe(live(False, ERR), 5.0),
     ]
     assert not any(d.restart for d in decisions)
     assert decisions[2].state_after is State.HEALTHY
@@ -123,8 +124,8 @@ def test_a_success_resets_the_consecutive_count() -> None:
 
 def test_threshold_one_restarts_on_the_first_counted_failure() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1), 0.0)
-    assert p.observe_liveness(True, None, 1.0).state_after is State.HEALTHY
-    d = p.observe_liveness(False, ERR, 2.0)
+    assert p.observe(live(True, None), 1.0).state_after is State.HEALTHY
+    d = p.observe(live(False, ERR), 2.0)
     assert d.restart
     assert d.state_before is State.HEALTHY
 
@@ -134,9 +135,9 @@ def test_threshold_one_restarts_on_the_first_counted_failure() -> None:
 
 def test_observations_while_the_restart_runs_are_ignored() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1), 0.0)
-    assert p.observe_liveness(False, ERR, 1.0).restart
+    assert p.observe(live(False, ERR), 1.0).restart
     for t in range(2, 50):
-        d = p.observe_liveness(False, ERR, float(t))
+        d = p.observe(live(False, ERR), float(t))
         assert not d.restart
         assert d.state_after is State.RESTARTING
     assert p.status_sentence(50.0) == "restarting ollama (liveness), restart 1 of 5 in 30m"
@@ -144,25 +145,25 @@ def test_observations_while_the_restart_runs_are_ignored() -> None:
 
 def test_after_restart_failures_wait_for_grace_and_success_ends_it() -> None:
     p = WatchdogPolicy(cfg(startup_grace=30.0, failure_threshold=2, backoff_initial=0.0), 0.0)
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     fail_until_restart(p, clock)
     finished = p.restart_finished(True, None, clock(5.0))
     assert finished.event == EVENT_RESTART_FINISHED
     assert finished.state_after is State.RESTARTING
     # still down during grace: not counted, still "restarting"
-    d = p.observe_liveness(False, ERR, clock(10.0))
+    d = p.observe(live(False, ERR), clock(10.0))
     assert (d.consecutive_failures, d.state_after) == (0, State.RESTARTING)
     assert "waiting for it to answer (20s of grace left, restart 1 of 5 in 30m)" in (
         p.status_sentence(clock.t)
     )
-    d = p.observe_liveness(True, None, clock(10.0))
+    d = p.observe(live(True, None), clock(10.0))
     assert d.state_after is State.HEALTHY
     assert d.event == EVENT_STATE_CHANGED
 
 
 def test_grace_running_out_while_still_down_is_reported_by_tick() -> None:
     p = WatchdogPolicy(cfg(startup_grace=30.0, failure_threshold=1, backoff_initial=0.0), 0.0)
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     fail_until_restart(p, clock)
     p.restart_finished(True, None, clock(1.0))
     assert p.tick(clock(29.0)).state_after is State.RESTARTING
@@ -184,7 +185,7 @@ def test_restart_finished_without_a_restart_running_changes_nothing() -> None:
 
 def test_failed_restart_is_counted_and_uses_budget_and_backoff() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1, backoff_initial=10.0), 0.0)
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     fail_until_restart(p, clock, every=1.0)
     d = p.restart_finished(False, "exit status 1: Access denied", clock(1.0))
     snap = p.snapshot(clock.t)
@@ -193,9 +194,9 @@ def test_failed_restart_is_counted_and_uses_budget_and_backoff() -> None:
     assert snap.last_error == "restart failed: exit status 1: Access denied"
     assert d.last_error == snap.last_error
     # the next restart still waits out the backoff
-    assert not p.observe_liveness(False, ERR, clock(5.0)).restart
+    assert not p.observe(live(False, ERR), clock(5.0)).restart
     assert p.snapshot(clock.t).state is State.BACKOFF
-    assert p.observe_liveness(False, ERR, clock(5.0)).restart
+    assert p.observe(live(False, ERR), clock(5.0)).restart
 
 
 # -- backoff ----------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def restart_gaps(config: WatchdogConfig, restarts: int) -> list[float]:
     """Keep Ollama failing every second; return the waits from each finished restart to the
     next restart decision."""
     p = WatchdogPolicy(config, 0.0)
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     fail_until_restart(p, clock, every=1.0)
     gaps = []
     for _ in range(restarts):
@@ -232,11 +233,11 @@ def test_backoff_state_and_sentence() -> None:
     p = WatchdogPolicy(
         cfg(startup_grace=0.0, failure_threshold=2, backoff_initial=60.0, backoff_max=300.0), 0.0
     )
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     fail_until_restart(p, clock)
     p.restart_finished(True, None, clock(0.0))
-    p.observe_liveness(False, ERR, clock(10.0))
-    d = p.observe_liveness(False, ERR, clock(10.0))
+    p.observe(live(False, ERR), clock(10.0))
+    d = p.observe(live(False, ERR), clock(10.0))
     assert not d.restart
     assert d.state_after is State.BACKOFF
     assert d.next_restart_allowed_in == pytest.approx(40.0)
@@ -247,7 +248,7 @@ def test_backoff_state_and_sentence() -> None:
     )
     # the backoff running out alone does not restart; the next failed probe does
     assert p.tick(clock(40.0)).state_after is State.DEGRADED
-    assert p.observe_liveness(False, ERR, clock(1.0)).restart
+    assert p.observe(live(False, ERR), clock(1.0)).restart
 
 
 def test_backoff_resets_only_after_health_holds_a_whole_window() -> None:
@@ -263,21 +264,21 @@ def test_backoff_resets_only_after_health_holds_a_whole_window() -> None:
         ),
         0.0,
     )
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     for _ in range(3):
         fail_until_restart(p, clock, every=1.0)
         p.restart_finished(True, None, clock(0.0))
     assert p.snapshot(clock.t).backoff_seconds == 40.0
     # healthy for less than a window: a flapping Ollama keeps its backoff
     for _ in range(int(window / 10) - 1):
-        p.observe_liveness(True, None, clock(10.0))
+        p.observe(live(True, None), clock(10.0))
     assert p.snapshot(clock.t).backoff_seconds == 40.0
     fail_until_restart(p, clock, every=1.0)
     p.restart_finished(True, None, clock(0.0))
     assert p.snapshot(clock.t).backoff_seconds == 80.0
     # healthy for a whole window: back to backoff_initial for the next restart
     for _ in range(int(window / 10) + 1):
-        p.observe_liveness(True, None, clock(10.0))
+        p.observe(live(True, None), clock(10.0))
     assert p.snapshot(clock.t).backoff_seconds == 0.0
     fail_until_restart(p, clock, every=1.0)
     assert p.snapshot(clock.t).backoff_seconds == 10.0
@@ -286,11 +287,11 @@ def test_backoff_resets_only_after_health_holds_a_whole_window() -> None:
 # -- budget and giving up ---------------------------------------------------------------------
 
 
-def exhaust_budget(p: WatchdogPolicy, clock: Clock) -> list[Decision]:
+def exhaust_budget(p: WatchdogPolicy, clock: FakeClock) -> list[Decision]:
     """Fail every 10 s, finishing each restart at once, until the policy gives up."""
     decisions = []
     for _ in range(10_000):
-        d = p.observe_liveness(False, ERR, clock(10.0))
+        d = p.observe(live(False, ERR), clock(10.0))
         decisions.append(d)
         if d.restart:
             p.restart_finished(True, None, clock(1.0))
@@ -301,11 +302,11 @@ def exhaust_budget(p: WatchdogPolicy, clock: Clock) -> list[Decision]:
 
 def test_gives_up_past_max_restarts_in_window_with_the_status_sentence() -> None:
     p = WatchdogPolicy(cfg(), 0.0)  # the shipped defaults: 5 restarts in 30m
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     decisions = exhaust_budget(p, clock)
     assert sum(d.restart for d in decisions) == 5
     assert decisions[-1].event == EVENT_GAVE_UP
-    assert decisions[-1].reason is Reason.LIVENESS
+    assert decisions[-1].reason is SignalKind.LIVENESS
     assert decisions[-1].next_restart_allowed_in is None
     assert (
         p.status_sentence(clock.t)
@@ -316,37 +317,37 @@ def test_gives_up_past_max_restarts_in_window_with_the_status_sentence() -> None
 def test_gave_up_is_sticky_until_health_returns() -> None:
     config = cfg(startup_grace=0.0, failure_threshold=1, max_restarts=2, restart_window=100.0)
     p = WatchdogPolicy(config, 0.0)
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     exhaust_budget(p, clock)
     # long after the window freed the budget: still no restart while Ollama stays down
     for _ in range(100):
-        d = p.observe_liveness(False, ERR, clock(10.0))
+        d = p.observe(live(False, ERR), clock(10.0))
         assert not d.restart
         assert d.state_after is State.GAVE_UP
         assert d.event == ""  # no log line per probe while nothing changes
-    d = p.observe_liveness(True, None, clock(10.0))
+    d = p.observe(live(True, None), clock(10.0))
     assert (d.event, d.state_before, d.state_after) == (
         EVENT_STATE_CHANGED,
         State.GAVE_UP,
         State.HEALTHY,
     )
-    assert p.observe_liveness(False, ERR, clock(10.0)).restart
+    assert p.observe(live(False, ERR), clock(10.0)).restart
 
 
 def test_health_returning_does_not_refill_the_budget() -> None:
     config = cfg(startup_grace=0.0, failure_threshold=1, max_restarts=2, restart_window=1000.0)
     p = WatchdogPolicy(config, 0.0)
-    clock = Clock(0.0)
+    clock = FakeClock(0.0)
     exhaust_budget(p, clock)
-    p.observe_liveness(True, None, clock(10.0))
-    d = p.observe_liveness(False, ERR, clock(10.0))
+    p.observe(live(True, None), clock(10.0))
+    d = p.observe(live(False, ERR), clock(10.0))
     assert not d.restart
     assert d.state_after is State.GAVE_UP
 
 
 def test_zero_max_restarts_gives_up_at_once() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1, max_restarts=0), 0.0)
-    d = p.observe_liveness(False, ERR, 1.0)
+    d = p.observe(live(False, ERR), 1.0)
     assert not d.restart
     assert d.state_after is State.GAVE_UP
     assert p.status_sentence(1.0) == "gave up after 0 restarts in 30m; last error: timeout after 5s"
@@ -357,8 +358,8 @@ def test_zero_max_restarts_gives_up_at_once() -> None:
 
 def test_deep_probe_failing_while_liveness_passes_restarts_with_reason_deep_probe() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=2), 0.0)
-    p.observe_liveness(True, None, 1.0)
-    d = p.observe_deep(False, "timeout after 60s", 2.0)
+    p.observe(live(True, None), 1.0)
+    d = p.observe(deep(False, "timeout after 60s"), 2.0)
     assert d.state_after is State.DEGRADED
     assert d.deep_consecutive_failures == 1
     assert d.consecutive_failures == 0
@@ -367,29 +368,29 @@ def test_deep_probe_failing_while_liveness_passes_restarts_with_reason_deep_prob
         "last error: deep probe: timeout after 60s"
     )
     # liveness passing does not make a hung runner healthy
-    assert p.observe_liveness(True, None, 3.0).state_after is State.DEGRADED
-    d = p.observe_deep(False, "timeout after 60s", 4.0)
+    assert p.observe(live(True, None), 3.0).state_after is State.DEGRADED
+    d = p.observe(deep(False, "timeout after 60s"), 4.0)
     assert d.restart
-    assert d.reason is Reason.DEEP_PROBE
-    assert p.snapshot(4.0).restarts_total == {Reason.LIVENESS: 0, Reason.DEEP_PROBE: 1}
+    assert d.reason is SignalKind.DEEP_PROBE
+    assert p.snapshot(4.0).restarts_total == {SignalKind.LIVENESS: 0, SignalKind.DEEP_PROBE: 1}
 
 
 def test_deep_failure_while_liveness_fails_is_left_to_liveness() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=2), 0.0)
-    p.observe_liveness(False, "refused", 1.0)
-    d = p.observe_deep(False, "refused", 2.0)
+    p.observe(live(False, "refused"), 1.0)
+    d = p.observe(deep(False, "refused"), 2.0)
     assert d.deep_consecutive_failures == 0
     assert not d.restart
     # once liveness is back, the stale deep failure does not hold the state down
-    assert p.observe_liveness(True, None, 3.0).state_after is State.HEALTHY
+    assert p.observe(live(True, None), 3.0).state_after is State.HEALTHY
 
 
 def test_deep_success_resets_only_the_deep_count() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=3), 0.0)
-    p.observe_liveness(True, None, 1.0)
-    p.observe_deep(False, "x", 2.0)
-    p.observe_deep(False, "x", 3.0)
-    d = p.observe_deep(True, None, 4.0)
+    p.observe(live(True, None), 1.0)
+    p.observe(deep(False, "x"), 2.0)
+    p.observe(deep(False, "x"), 3.0)
+    d = p.observe(deep(True, None), 4.0)
     assert d.deep_consecutive_failures == 0
     assert d.state_after is State.HEALTHY
 
@@ -397,12 +398,12 @@ def test_deep_success_resets_only_the_deep_count() -> None:
 def test_gave_up_on_deep_probe_needs_a_deep_success_to_clear() -> None:
     config = cfg(startup_grace=0.0, failure_threshold=1, max_restarts=1, backoff_initial=0.0)
     p = WatchdogPolicy(config, 0.0)
-    assert p.observe_deep(False, "timeout", 1.0).restart
+    assert p.observe(deep(False, "timeout"), 1.0).restart
     p.restart_finished(True, None, 2.0)
-    p.observe_liveness(True, None, 3.0)
-    assert p.observe_deep(False, "timeout", 4.0).state_after is State.GAVE_UP
-    assert p.observe_liveness(True, None, 5.0).state_after is State.GAVE_UP
-    assert p.observe_deep(True, None, 6.0).state_after is State.HEALTHY
+    p.observe(live(True, None), 3.0)
+    assert p.observe(deep(False, "timeout"), 4.0).state_after is State.GAVE_UP
+    assert p.observe(live(True, None), 5.0).state_after is State.GAVE_UP
+    assert p.observe(deep(True, None), 6.0).state_after is State.HEALTHY
 
 
 # -- disabled ---------------------------------------------------------------------------------
@@ -411,7 +412,7 @@ def test_gave_up_on_deep_probe_needs_a_deep_success_to_clear() -> None:
 def test_disabled_never_restarts_but_counts_failures() -> None:
     p = WatchdogPolicy(cfg(enabled=False, startup_grace=0.0, failure_threshold=1), 0.0)
     for t in range(1, 20):
-        d = p.observe_liveness(False, ERR, float(t))
+        d = p.observe(live(False, ERR), float(t))
         assert not d.restart
         assert d.state_after is State.DISABLED
         assert d.next_restart_allowed_in is None
@@ -419,7 +420,7 @@ def test_disabled_never_restarts_but_counts_failures() -> None:
     assert p.status_sentence(19.0) == (
         "watchdog disabled, no restarts; 19 consecutive failed probes; last error: timeout after 5s"
     )
-    p.observe_liveness(True, None, 20.0)
+    p.observe(live(True, None), 20.0)
     assert p.status_sentence(20.0) == "watchdog disabled, no restarts; ollama healthy"
 
 
@@ -428,23 +429,23 @@ def test_disabled_never_restarts_but_counts_failures() -> None:
 
 def test_one_event_per_change_and_fields_for_the_log_line() -> None:
     p = WatchdogPolicy(cfg(startup_grace=30.0, failure_threshold=3), 0.0)
-    events = [p.observe_liveness(False, ERR, float(t)).event for t in (31, 32, 33)]
+    events = [p.observe(live(False, ERR), float(t)).event for t in (31, 32, 33)]
     assert events == [EVENT_STATE_CHANGED, "", EVENT_RESTART_DECIDED]
-    d = p.observe_liveness(True, None, 34.0)
+    d = p.observe(live(True, None), 34.0)
     assert d.event == ""  # ignored while the restart runs
     d = p.restart_finished(True, None, 35.0)
     assert d.event == EVENT_RESTART_FINISHED
     fields = d.log_fields()
     assert (fields["state_before"], fields["state"]) == ("restarting", "restarting")
     assert fields["last_error"] == ERR
-    assert p.observe_liveness(False, ERR, 40.0).event == ""  # still inside grace
-    later = p.observe_liveness(False, ERR, 200.0)
+    assert p.observe(live(False, ERR), 40.0).event == ""  # still inside grace
+    later = p.observe(live(False, ERR), 200.0)
     assert (later.event, later.state_after) == (EVENT_STATE_CHANGED, State.DEGRADED)
 
 
 def test_restart_decision_log_fields() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1), 0.0)
-    fields = p.observe_liveness(False, ERR, 1.0).log_fields()
+    fields = p.observe(live(False, ERR), 1.0).log_fields()
     assert fields == {
         "action": "restart",
         "reason": "liveness",
@@ -460,7 +461,7 @@ def test_restart_decision_log_fields() -> None:
 
 def test_long_errors_are_cut_to_one_bounded_line() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0), 0.0)
-    d = p.observe_liveness(False, "line one\n" + "x" * 5000, 1.0)
+    d = p.observe(live(False, "line one\n" + "x" * 5000), 1.0)
     assert d.last_error is not None
     assert "\n" not in d.last_error
     assert len(d.last_error) <= 200
@@ -471,9 +472,9 @@ def test_long_errors_are_cut_to_one_bounded_line() -> None:
 
 def test_metrics_from_a_snapshot() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1, max_restarts=5), 0.0)
-    p.observe_liveness(False, ERR, 1.0)
+    p.observe(live(False, ERR), 1.0)
     p.restart_finished(False, "exit status 1", 2.0)
-    p.observe_liveness(False, ERR, 3.0)
+    p.observe(live(False, ERR), 3.0)
     reg = registry_of(policy_metrics(p.snapshot(3.0), 1_700_000_000.0))
     states = {s: reg.get_sample_value("ollama_watchdog_state", {"state": s}) for s in State}
     assert states == {s: (1.0 if s is State.BACKOFF else 0.0) for s in State}
@@ -549,13 +550,13 @@ def drive(config: WatchdogConfig, script: list[tuple[str, float]]) -> Run:
     for kind, gap in script:
         now += gap
         if kind == "live_ok":
-            d = p.observe_liveness(True, None, now)
+            d = p.observe(live(True, None), now)
         elif kind == "live_fail":
-            d = p.observe_liveness(False, ERR, now)
+            d = p.observe(live(False, ERR), now)
         elif kind == "deep_ok":
-            d = p.observe_deep(True, None, now)
+            d = p.observe(deep(True, None), now)
         elif kind == "deep_fail":
-            d = p.observe_deep(False, "timeout", now)
+            d = p.observe(deep(False, "timeout"), now)
         elif kind == "tick":
             d = p.tick(now)
         else:
@@ -634,20 +635,20 @@ def test_never_a_restart_while_healthy(
         kind = run.log[i][1]
         # only a failed probe of the reason's own kind triggers a restart ...
         assert (d.reason, kind) in {
-            (Reason.LIVENESS, "live_fail"),
-            (Reason.DEEP_PROBE, "deep_fail"),
+            (SignalKind.LIVENESS, "live_fail"),
+            (SignalKind.DEEP_PROBE, "deep_fail"),
         }
         assert d.state_before is not State.HEALTHY or config.failure_threshold == 1
         # ... after failure_threshold failures of that kind in a row, all since the previous
         # restart and outside the grace
-        probe = "live" if d.reason is Reason.LIVENESS else "deep"
+        probe = "live" if d.reason is SignalKind.LIVENESS else "deep"
         previous = max((j for j, _, _ in run.restarts if j < i), default=-1)
         same_kind = [(j, k, g) for j, k, g in acted if j <= i and k.startswith(probe)]
         tail = same_kind[-config.failure_threshold :]
         assert len(tail) == config.failure_threshold
         assert all(k.endswith("fail") for _, k, _ in tail)
         assert all(j > previous and run.log[j][0] >= g for j, _, g in tail)
-        if d.reason is Reason.DEEP_PROBE:
+        if d.reason is SignalKind.DEEP_PROBE:
             # a hung runner: liveness was passing
             lives = [k for j, k, _ in acted if j < i and k.startswith("live")]
             assert not lives or lives[-1] == "live_ok"
@@ -679,9 +680,9 @@ def test_exactly_one_state_is_exported(
     for kind, gap in script:
         now += gap
         if kind.startswith("live"):
-            p.observe_liveness(kind == "live_ok", ERR, now)
+            p.observe(live(kind == "live_ok", ERR), now)
         elif kind.startswith("deep"):
-            p.observe_deep(kind == "deep_ok", ERR, now)
+            p.observe(deep(kind == "deep_ok", ERR), now)
         elif kind.startswith("finish"):
             p.restart_finished(kind == "finish_ok", ERR, now)
         snap = p.snapshot(now)

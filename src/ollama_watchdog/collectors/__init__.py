@@ -1,41 +1,208 @@
-"""Collectors: one module per source, each a small class with a name and ``collect()``.
+"""Collectors: one module per source, all registered in one table here.
 
-The daemon's scheduler calls ``collect()`` on its own thread at the collector's interval, with a
-deadline. A scrape never calls a collector: it reads the families of the latest finished run
-(see ``ollama_watchdog.exporter.http``). ``collect()`` may raise; the scheduler records the run as
-failed (``ollama_watchdog_collector_success{collector} 0``), logs it once and carries on.
+In node_exporter's spirit, :data:`REGISTRY` lists every collector the daemon knows: its name, a
+factory, whether it is on with the default configuration, what in the configuration turns it on
+or off, and its cadence and deadline. The daemon builds and runs whatever the table and the
+configuration enable, each the same way (its own runner thread, a deadline, and
+``ollama_watchdog_collector_success`` / ``_duration_seconds``); no collector is special-cased.
 
-A collector that follows a source continuously (the log follower) also implements
-``start()``/``stop()``; the daemon starts it once and stops it on shutdown.
+To add a collector: write ``collectors/<source>.py`` (a class with ``name`` and ``collect()``,
+see ``collectors.base``), then add one :class:`Registration` row below. A collector with evidence
+for the healing side emits :class:`~ollama_watchdog.signals.Signal` values through
+``Context.emit``.
+
+==========  =========  ==============================================  ========================
+name        default    on when                                          source
+==========  =========  ==============================================  ========================
+api         on         always                                           /api/version, tags, ps
+process     on         always                                           /proc (psutil), disk
+gpu         on (auto)  ``[gpu] enabled`` is not ``false``               NVML
+logs        on         ``[logs] source`` is not ``none``                journald or a log file
+probe       off        ``[probe] deep_model`` is set                    one tiny /api/generate
+==========  =========  ==============================================  ========================
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
 
-from prometheus_client.metrics_core import Metric
+from ollama_watchdog.collectors.api import ApiCollector
+from ollama_watchdog.collectors.base import (
+    BackgroundCollector,
+    Closable,
+    Collector,
+    StatusSource,
+)
+from ollama_watchdog.collectors.gpu import GpuCollector
+from ollama_watchdog.collectors.logs import LogsCollector
+from ollama_watchdog.collectors.probe import DeepProbeCollector
+from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
+from ollama_watchdog.config import Config
+from ollama_watchdog.ollama.api import OllamaClient
+from ollama_watchdog.signals import Signal
 
 
-@runtime_checkable
-class Collector(Protocol):
-    """One source of metrics."""
+@dataclass(frozen=True)
+class Context:
+    """What a factory may use: the configuration, the signal channel, earlier collectors."""
 
-    #: label value of ``ollama_watchdog_collector_success{collector=...}``
+    config: Config
+    #: puts one signal on the daemon's queue to the healing side (thread-safe, never blocks)
+    emit: Callable[[Signal], None]
+    #: the collectors built before this one, by name (the GPU collector asks for ``process``)
+    built: Mapping[str, Collector]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One row of the table: a collector the daemon can run."""
+
     name: str
+    factory: Callable[[Context], Collector]
+    #: on with the default configuration (documentation, and pinned by a test)
+    default: bool
+    #: whether this configuration turns it on
+    enabled: Callable[[Config], bool]
+    #: seconds from the start of one run to the start of the next
+    interval: Callable[[Config], float]
+    #: a run past this many seconds is published as failed
+    timeout: Callable[[Config], float]
+    #: systemd's keep-alive (``WATCHDOG=1``) is sent only while this collector makes progress:
+    #: a wedged liveness prober must get the daemon itself restarted, or nobody would notice
+    keepalive: bool = False
 
-    def collect(self) -> Sequence[Metric]:
-        """Measure now and return complete metric families (called off the scrape path)."""
-        ...
+
+@dataclass(frozen=True)
+class CollectorPlan:
+    """A built collector with its cadence and deadline: what one runner thread runs."""
+
+    collector: Collector
+    interval: float
+    timeout: float
+    keepalive: bool = False
 
 
-@runtime_checkable
-class BackgroundCollector(Collector, Protocol):
-    """A collector with a thread of its own (e.g. a log follower)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
+def _api(ctx: Context) -> Collector:
+    cfg = ctx.config
+    return ApiCollector(OllamaClient(cfg.ollama.url, cfg.ollama.timeout), emit=ctx.emit)
 
 
-__all__ = ["BackgroundCollector", "Collector"]
+def _process(ctx: Context) -> Collector:
+    cfg = ctx.config
+    main_pid = SystemdMainPid(cfg.ollama.unit) if cfg.ollama.unit else None
+    return ProcessCollector(cfg.ollama.models_dir, main_pid=main_pid)
+
+
+def _gpu(ctx: Context) -> Collector:
+    process = ctx.built.get("process")
+    pids = process.ollama_pids if isinstance(process, ProcessCollector) else frozenset
+    return GpuCollector(pids, required=ctx.config.gpu.enabled == "true")
+
+
+def _logs(ctx: Context) -> Collector:
+    cfg = ctx.config
+    return LogsCollector(
+        cfg.logs.source,  # type: ignore[arg-type]  # validated by config.py
+        path=cfg.logs.path,
+        state_dir=cfg.logs.state_dir,
+        models_dir=cfg.ollama.models_dir,
+        unit=cfg.ollama.unit,
+    )
+
+
+def _probe(ctx: Context) -> Collector:
+    cfg = ctx.config.probe
+    return DeepProbeCollector(
+        OllamaClient(ctx.config.ollama.url, cfg.deep_timeout),
+        cfg.deep_model,
+        cfg.deep_timeout,
+        emit=ctx.emit,
+    )
+
+
+def _always(config: Config) -> bool:
+    return True
+
+
+REGISTRY: Final[tuple[Registration, ...]] = (
+    Registration(
+        "api",
+        _api,
+        default=True,
+        enabled=_always,
+        interval=lambda c: c.probe.interval,
+        # three probes in a row, each bounded by the client's timeout
+        timeout=lambda c: c.ollama.timeout * 3 + 1,
+        keepalive=True,
+    ),
+    Registration(
+        "process",
+        _process,
+        default=True,
+        enabled=_always,
+        interval=lambda c: c.probe.interval,
+        timeout=lambda c: 10.0,
+    ),
+    Registration(
+        "gpu",
+        _gpu,
+        default=True,
+        enabled=lambda c: c.gpu.enabled != "false",
+        interval=lambda c: c.probe.interval,
+        # NVML runs with its own deadline inside the collector; this one is a backstop
+        timeout=lambda c: 10.0,
+    ),
+    Registration(
+        "logs",
+        _logs,
+        default=True,
+        enabled=lambda c: c.logs.source != "none",
+        # collect() only copies counters: cheap, so as often as the probes
+        interval=lambda c: c.probe.interval,
+        timeout=lambda c: 5.0,
+    ),
+    Registration(
+        "probe",
+        _probe,
+        default=False,
+        enabled=lambda c: bool(c.probe.deep_model),
+        interval=lambda c: c.probe.deep_interval,
+        timeout=lambda c: c.probe.deep_timeout + 5,
+    ),
+)
+
+
+def build_collectors(
+    config: Config,
+    emit: Callable[[Signal], None],
+    registry: tuple[Registration, ...] = REGISTRY,
+) -> list[CollectorPlan]:
+    """Build every collector the table and ``config`` enable, in table order."""
+    built: dict[str, Collector] = {}
+    plans: list[CollectorPlan] = []
+    for reg in registry:
+        if not reg.enabled(config):
+            continue
+        collector = reg.factory(Context(config, emit, dict(built)))
+        if collector.name != reg.name:
+            raise ValueError(f"collector {collector.name!r} registered as {reg.name!r}")
+        built[reg.name] = collector
+        plans.append(
+            CollectorPlan(collector, reg.interval(config), reg.timeout(config), reg.keepalive)
+        )
+    return plans
+
+
+__all__ = [
+    "REGISTRY",
+    "BackgroundCollector",
+    "Closable",
+    "Collector",
+    "CollectorPlan",
+    "Context",
+    "Registration",
+    "StatusSource",
+    "build_collectors",
+]

@@ -1,10 +1,13 @@
 """Ollama's API: liveness (/api/version), available models (/api/tags), loaded models (/api/ps).
 
-One round is three probes, run in order on the scheduler's thread. When liveness fails, the other
-two are not attempted (each would wait its own timeout on a hung server, stretching the round past
-the interval); they are reported as not successful but their failure counters are not bumped,
+One round is three probes, run in order on the collector's runner thread. When liveness fails, the
+other two are not attempted (each would wait its own timeout on a hung server, stretching the round
+past the interval); they are reported as not successful but their failure counters are not bumped,
 since nothing was measured. Model series are omitted — not zeroed — when their probe did not
 succeed, so a graph shows a gap instead of a false "0 models".
+
+Each liveness result is also evidence for the healing side: it is emitted as a
+``SignalKind.LIVENESS`` signal, its failure reason kept typed.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from ollama_watchdog.ollama.api import (
     LoadedModel,
     ModelInfo,
     OllamaClient,
-    ProbeOutcome,
+    ProbeResult,
     timed_probe,
 )
+from ollama_watchdog.signals import Signal, SignalKind
 
 API_PROBES = ("version", "tags", "ps")
 # Ollama keeps at most OLLAMA_MAX_LOADED_MODELS (default 3 per GPU) loaded; a store rarely holds
@@ -38,7 +42,7 @@ log = structlog.get_logger()
 class ApiState:
     """What the last round saw; read by the daemon for STATUS= and the restart policy."""
 
-    liveness: ProbeOutcome | None = None
+    liveness: ProbeResult | None = None
     version: str | None = None
     tags: tuple[ModelInfo, ...] | None = None
     loaded: tuple[LoadedModel, ...] | None = None
@@ -60,29 +64,31 @@ class ApiCollector:
     def __init__(
         self,
         client: OllamaClient,
-        on_liveness: Callable[[ProbeOutcome], None] | None = None,
+        emit: Callable[[Signal], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._on_liveness = on_liveness
+        self._emit = emit
         self._clock = clock
         self._counters = _Counters()
         self.state = ApiState()
         self._last_liveness_ok: bool | None = None
 
-    def _measure(self, probe: str, call: Callable[[], object]) -> tuple[ProbeOutcome, object]:
+    def _measure(self, probe: str, call: Callable[[], object]) -> tuple[ProbeResult, object]:
         outcome, value = timed_probe(probe, call, self._clock)
         if outcome.reason is not None:
             self._counters.failures[(probe, outcome.reason)] += 1
         return outcome, value
 
     def collect(self) -> Sequence[Metric]:
-        outcomes: dict[str, ProbeOutcome] = {}
+        outcomes: dict[str, ProbeResult] = {}
         live, version = self._measure("version", self._client.version)
         outcomes["version"] = live
         self._log_transition(live)
-        if self._on_liveness is not None:
-            self._on_liveness(live)
+        if self._emit is not None:
+            self._emit(
+                Signal(SignalKind.LIVENESS, live.ok, live.reason, live.error or "")
+            )
         tags: list[ModelInfo] | None = None
         loaded: list[LoadedModel] | None = None
         if live.ok:
@@ -101,7 +107,24 @@ class ApiCollector:
         )
         return self._families(outcomes, version if isinstance(version, str) else None, tags, loaded)
 
-    def _log_transition(self, live: ProbeOutcome) -> None:
+    def status(self) -> str:
+        """The head of ``STATUS=``: is Ollama up, its version, models loaded, probe time."""
+        st = self.state
+        live = st.liveness
+        if live is None:
+            return "waiting for the first probe of " + self._client.base_url
+        if not live.ok:
+            return f"ollama down ({live.reason}: {live.error})"
+        models = ""
+        if st.loaded is not None:
+            n = len(st.loaded)
+            models = f", {n} model" + ("" if n == 1 else "s") + " loaded"
+        return f"ollama {st.version or '?'} up{models}, last probe {live.duration * 1000:.0f} ms"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _log_transition(self, live: ProbeResult) -> None:
         # one event per state change, not per probe
         if live.ok and self._last_liveness_ok is not True:
             log.info("ollama_up", duration_ms=round(live.duration * 1000, 1))
@@ -111,7 +134,7 @@ class ApiCollector:
 
     def _families(
         self,
-        outcomes: dict[str, ProbeOutcome],
+        outcomes: dict[str, ProbeResult],
         version: str | None,
         tags: list[ModelInfo] | None,
         loaded: list[LoadedModel] | None,
@@ -198,4 +221,4 @@ def _loaded_families(loaded: list[LoadedModel]) -> list[Metric]:
     return [count, is_loaded, memory, vram, expires]
 
 
-__all__ = ["API_PROBES", "ApiCollector", "ApiState", "ProbeOutcome"]
+__all__ = ["API_PROBES", "ApiCollector", "ApiState"]

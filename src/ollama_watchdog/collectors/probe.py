@@ -32,6 +32,7 @@ from ollama_watchdog.ollama.api import (
     ProbeError,
     ProbeReason,
 )
+from ollama_watchdog.signals import Signal, SignalKind
 
 #: the fixed prompt: short, deterministic at temperature 0, nothing anyone would log
 PROMPT = "Reply with the single word: ok"
@@ -92,7 +93,10 @@ def run_deep_probe(client: OllamaClient, model: str, timeout: float) -> DeepProb
 
 
 class DeepProbeCollector:
-    """Collector ``probe``: runs one deep probe per ``collect()`` on the scheduler's thread."""
+    """Collector ``probe``: runs one deep probe per ``collect()`` on its runner thread.
+
+    Each result is emitted as a ``SignalKind.DEEP_PROBE`` signal for the healing side.
+    """
 
     name = "probe"
 
@@ -101,15 +105,18 @@ class DeepProbeCollector:
         client: OllamaClient,
         model: str,
         timeout: float,
-        on_result: Callable[[DeepProbeResult], None] | None = None,
+        emit: Callable[[Signal], None] | None = None,
     ) -> None:
         self._client = client
         self._model = model
         self._timeout = timeout
-        self._on_result = on_result
+        self._emit = emit
         self._failures = dict.fromkeys(PROBE_REASONS, 0)
         self._last: DeepProbeResult | None = None
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
 
     @property
     def last_result(self) -> DeepProbeResult | None:
@@ -123,8 +130,8 @@ class DeepProbeCollector:
             if outcome.reason is not None:
                 self._failures[outcome.reason] += 1
             failures = dict(self._failures)
-        if self._on_result is not None:
-            self._on_result(outcome)
+        if self._emit is not None:
+            self._emit(Signal(SignalKind.DEEP_PROBE, outcome.ok, outcome.reason, outcome.error))
         return families(outcome, failures)
 
 

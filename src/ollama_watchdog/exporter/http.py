@@ -1,7 +1,7 @@
 """The exporter's HTTP side: /metrics, /healthz and a landing page, with optional TLS + basic auth.
 
 A scrape never measures anything. Collectors publish complete metric families into a
-``SnapshotStore`` when their run finishes (a dict swapped atomically); ``/metrics`` renders the
+``SnapshotBoard`` when their run finishes (a dict swapped atomically); ``/metrics`` renders the
 latest snapshot. A hung Ollama or a wedged NVML call therefore cannot slow a scrape down.
 """
 
@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,8 +41,8 @@ class CollectorResult:
     finished_at: float
 
 
-class SnapshotStore:
-    """Latest results per collector plus free-standing families (watchdog, config state).
+class SnapshotBoard:
+    """The latest result of every collector, the healing side's own included.
 
     Writers copy the dict, change the copy and swap the reference; readers take the reference
     once. The lock serialises writers only and is never held across I/O.
@@ -50,7 +50,6 @@ class SnapshotStore:
 
     def __init__(self) -> None:
         self._results: Mapping[str, CollectorResult] = {}
-        self._extra: Mapping[str, tuple[Metric, ...]] = {}
         self._lock = threading.Lock()
 
     def publish(self, result: CollectorResult) -> None:
@@ -59,12 +58,6 @@ class SnapshotStore:
             new[result.name] = result
             self._results = new
 
-    def publish_extra(self, key: str, families: Iterable[Metric]) -> None:
-        with self._lock:
-            new = dict(self._extra)
-            new[key] = tuple(families)
-            self._extra = new
-
     def remove(self, name: str) -> None:
         with self._lock:
             self._results = {k: v for k, v in self._results.items() if k != name}
@@ -72,22 +65,18 @@ class SnapshotStore:
     def results(self) -> Mapping[str, CollectorResult]:
         return self._results
 
-    def extra(self) -> Mapping[str, tuple[Metric, ...]]:
-        return self._extra
-
 
 class SnapshotCollector:
-    """A prometheus_client collector that renders a SnapshotStore."""
+    """A prometheus_client collector that renders a SnapshotBoard."""
 
-    def __init__(self, store: SnapshotStore) -> None:
-        self._store = store
+    def __init__(self, board: SnapshotBoard) -> None:
+        self._board = board
 
     def describe(self) -> list[Metric]:
         return []  # registering must not collect
 
     def collect(self) -> Iterator[Metric]:
-        results = self._store.results()
-        extra = self._store.extra()
+        results = self._board.results()
         merged: dict[str, Metric] = {}
 
         def add(fam: Metric) -> None:
@@ -124,9 +113,6 @@ class SnapshotCollector:
         add(duration)
         for name in sorted(results):
             for fam in results[name].families:
-                add(fam)
-        for key in sorted(extra):
-            for fam in extra[key]:
                 add(fam)
         yield from merged.values()
 
@@ -278,12 +264,12 @@ class Exporter:
     def __init__(
         self,
         listen: str,
-        store: SnapshotStore,
+        board: SnapshotBoard,
         health: Callable[[], tuple[bool, str]],
         web: WebAuth | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(store))
+        self.registry.register(SnapshotCollector(board))
         host, port = parse_listen(listen)
         self._server = _ExporterHTTPServer((host, port), self.registry, health, web)
         self._thread: threading.Thread | None = None
@@ -313,4 +299,4 @@ class Exporter:
             self._thread.join(max(0.0, deadline - time.monotonic()))
 
 
-__all__ = ["CollectorResult", "Exporter", "SnapshotCollector", "SnapshotStore", "WebAuth"]
+__all__ = ["CollectorResult", "Exporter", "SnapshotBoard", "SnapshotCollector", "WebAuth"]
