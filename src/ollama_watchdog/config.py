@@ -10,6 +10,7 @@ stops a restart loop on a broken config.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import re
@@ -18,13 +19,15 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = Path("/etc/ollama-watchdog/config.toml")
 ENV_PREFIX = "OLLAMA_WATCHDOG_"
 EX_CONFIG = 78
 
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 class ConfigError(Exception):
     """A configuration problem; ``str(err)`` is the single line shown to the operator."""
@@ -65,16 +68,32 @@ class WatchdogConfig:
     restart_timeout: float = 90.0
 
 
+class LogSource(enum.StrEnum):
+    """``[logs] source``: where Ollama's log lines are read from."""
+
+    JOURNALD = "journald"
+    FILE = "file"
+    NONE = "none"
+
+
+class GpuMode(enum.StrEnum):
+    """``[gpu] enabled``: ``auto`` exports GPUs when NVML is there; ``true`` requires it."""
+
+    AUTO = "auto"
+    TRUE = "true"
+    FALSE = "false"
+
+
 @dataclass(frozen=True)
 class LogsConfig:
-    source: str = "journald"
+    source: LogSource = LogSource.JOURNALD
     path: str = ""
     state_dir: Path = Path("/var/lib/ollama-watchdog")
 
 
 @dataclass(frozen=True)
 class GpuConfig:
-    enabled: str = "auto"
+    enabled: GpuMode = GpuMode.AUTO
 
 
 @dataclass(frozen=True)
@@ -238,12 +257,12 @@ def _command(raw: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _choice(*choices: str) -> Callable[[object], str]:
-    def parse(raw: object) -> str:
+def _choice(choices: type[E]) -> Callable[[object], E]:
+    def parse(raw: object) -> E:
         value = str(raw).lower() if isinstance(raw, bool) else raw
-        if not isinstance(value, str) or value not in choices:
-            raise ValueError("one of " + ", ".join(f'"{c}"' for c in choices))
-        return value
+        if not isinstance(value, str) or value not in {c.value for c in choices}:
+            raise ValueError("one of " + ", ".join(f'"{c.value}"' for c in choices))
+        return choices(value)
 
     return parse
 
@@ -268,10 +287,10 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("watchdog", "restart_window"): _positive_duration,
     ("watchdog", "restart_command"): _command,
     ("watchdog", "restart_timeout"): _positive_duration,
-    ("logs", "source"): _choice("journald", "file", "none"),
+    ("logs", "source"): _choice(LogSource),
     ("logs", "path"): _string,
     ("logs", "state_dir"): _path,
-    ("gpu", "enabled"): _choice("auto", "true", "false"),
+    ("gpu", "enabled"): _choice(GpuMode),
 }
 
 
@@ -390,6 +409,8 @@ __all__ = [
     "ConfigError",
     "ExporterConfig",
     "GpuConfig",
+    "GpuMode",
+    "LogSource",
     "LogsConfig",
     "OllamaConfig",
     "ProbeConfig",

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ollama_watchdog.collectors import REGISTRY, Closable, build_collectors
-from ollama_watchdog.config import Config, LogsConfig, ProbeConfig
+from ollama_watchdog.config import Config, GpuConfig, GpuMode, LogsConfig, LogSource, ProbeConfig
 from ollama_watchdog.signals import Signal
 
 
@@ -26,7 +26,9 @@ def test_every_row_builds_the_collector_it_names(tmp_path: Path) -> None:
     config = replace(
         Config(),
         probe=ProbeConfig(deep_model="tiny:latest"),
-        logs=LogsConfig(source="file", path=str(tmp_path / "ollama.log"), state_dir=tmp_path),
+        logs=LogsConfig(
+            source=LogSource.FILE, path=str(tmp_path / "ollama.log"), state_dir=tmp_path
+        ),
     )
     emitted: list[Signal] = []
     plans = build_collectors(config, emitted.append)
@@ -43,7 +45,8 @@ def test_every_row_builds_the_collector_it_names(tmp_path: Path) -> None:
 
 
 def test_the_configuration_turns_collectors_off() -> None:
-    config = replace(Config(), logs=LogsConfig(source="none"))
-    config = replace(config, gpu=replace(config.gpu, enabled="false"))
+    config = replace(
+        Config(), logs=LogsConfig(source=LogSource.NONE), gpu=GpuConfig(enabled=GpuMode.FALSE)
+    )
     plans = build_collectors(config, lambda s: None)
     assert [p.collector.name for p in plans] == ["api", "process"]

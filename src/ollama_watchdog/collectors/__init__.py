@@ -39,7 +39,7 @@ from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.logs import LogsCollector
 from ollama_watchdog.collectors.probe import DeepProbeCollector
 from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
-from ollama_watchdog.config import Config
+from ollama_watchdog.config import Config, GpuMode, LogSource
 from ollama_watchdog.ollama.api import OllamaClient
 from ollama_watchdog.signals import Signal
 
@@ -98,13 +98,13 @@ def _process(ctx: Context) -> Collector:
 def _gpu(ctx: Context) -> Collector:
     process = ctx.built.get("process")
     pids = process.ollama_pids if isinstance(process, ProcessCollector) else frozenset
-    return GpuCollector(pids, required=ctx.config.gpu.enabled == "true")
+    return GpuCollector(pids, required=ctx.config.gpu.enabled == GpuMode.TRUE)
 
 
 def _logs(ctx: Context) -> Collector:
     cfg = ctx.config
     return LogsCollector(
-        cfg.logs.source,  # type: ignore[arg-type]  # validated by config.py
+        cfg.logs.source,  # type: ignore[arg-type]  # not NONE: the row is off then
         path=cfg.logs.path,
         state_dir=cfg.logs.state_dir,
         models_dir=cfg.ollama.models_dir,
@@ -149,7 +149,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         "gpu",
         _gpu,
         default=True,
-        enabled=lambda c: c.gpu.enabled != "false",
+        enabled=lambda c: c.gpu.enabled != GpuMode.FALSE,
         interval=lambda c: c.probe.interval,
         # NVML runs with its own deadline inside the collector; this one is a backstop
         timeout=lambda c: 10.0,
@@ -158,7 +158,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         "logs",
         _logs,
         default=True,
-        enabled=lambda c: c.logs.source != "none",
+        enabled=lambda c: c.logs.source != LogSource.NONE,
         # collect() only copies counters: cheap, so as often as the probes
         interval=lambda c: c.probe.interval,
         timeout=lambda c: 5.0,
