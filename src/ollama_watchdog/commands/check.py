@@ -27,7 +27,7 @@ from ollama_watchdog.ollama.api import (
     LoadedModel,
     ModelInfo,
     OllamaClient,
-    ProbeOutcome,
+    ProbeResult,
     timed_probe,
 )
 
@@ -50,7 +50,7 @@ class CheckResult:
 
     status: Status
     summary: str
-    probes: tuple[ProbeOutcome, ...]
+    probes: tuple[ProbeResult, ...]
     version: str | None = None
     models: tuple[str, ...] | None = None
     loaded: tuple[str, ...] | None = None
@@ -75,7 +75,7 @@ def run_check(client: OllamaClient, deep_model: str, deep_timeout: float) -> Che
     if deep_model:
         deep = run_deep_probe(client, deep_model, deep_timeout)
         outcomes.append(
-            ProbeOutcome("generate", deep.ok, deep.seconds, deep.reason, deep.error or None)
+            ProbeResult("generate", deep.ok, deep.seconds, deep.reason, deep.error or None)
         )
     return _judge(version, tags, loaded, tuple(outcomes), deep_model, deep)
 
@@ -84,7 +84,7 @@ def _judge(
     version: str,
     tags: list[ModelInfo] | None,
     loaded: list[LoadedModel] | None,
-    outcomes: tuple[ProbeOutcome, ...],
+    outcomes: tuple[ProbeResult, ...],
     deep_model: str,
     deep: DeepProbeResult | None,
 ) -> CheckResult:
@@ -216,7 +216,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
 
 __all__ = [
     "CheckResult",
-    "ProbeOutcome",
+    "ProbeResult",
     "Status",
     "add_arguments",
     "main",

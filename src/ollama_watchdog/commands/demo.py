@@ -30,7 +30,9 @@ from ollama_watchdog.config import (
     Config,
     ExporterConfig,
     GpuConfig,
+    GpuMode,
     LogsConfig,
+    LogSource,
     OllamaConfig,
     ProbeConfig,
     WatchdogConfig,
@@ -152,8 +154,8 @@ def demo_config(
             restart_command=("sh", "-c", f'kill -TERM "$(cat {pidfile})"'),
             restart_timeout=10.0,
         ),
-        logs=LogsConfig(source="file", path=str(logfile), state_dir=state_dir),
-        gpu=GpuConfig(enabled="auto"),
+        logs=LogsConfig(source=LogSource.FILE, path=str(logfile), state_dir=state_dir),
+        gpu=GpuConfig(enabled=GpuMode.AUTO),
     )
 
 

@@ -31,12 +31,13 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from ollama_watchdog.collectors.process import classify_argv
 from ollama_watchdog.ollama import env as ollama_env
 from ollama_watchdog.ollama.api import OllamaClient, ProbeError
 from ollama_watchdog.ollama.env import Verdict
 from ollama_watchdog.ollama.logparse import Message, parse_line
-from ollama_watchdog.store import ModelStore, StoreScan, human_bytes
+from ollama_watchdog.ollama.processes import classify_argv
+from ollama_watchdog.store import ModelStore, StoreScan
+from ollama_watchdog.store.progress import human_bytes
 
 if TYPE_CHECKING:
     from ollama_watchdog.config import Config

@@ -42,7 +42,7 @@ class ProbeError(Exception):
 
 
 @dataclass(frozen=True)
-class ProbeOutcome:
+class ProbeResult:
     """One probe's honest measurement: did it work, how long it took, why not."""
 
     probe: str
@@ -54,14 +54,14 @@ class ProbeOutcome:
 
 def timed_probe(
     probe: str, call: Callable[[], T], clock: Callable[[], float] = time.monotonic
-) -> tuple[ProbeOutcome, T | None]:
+) -> tuple[ProbeResult, T | None]:
     """Run one client call and measure it; a ProbeError becomes a failed outcome."""
     start = clock()
     try:
         value = call()
     except ProbeError as exc:
-        return ProbeOutcome(probe, False, clock() - start, exc.reason, exc.detail), None
-    return ProbeOutcome(probe, True, clock() - start), value
+        return ProbeResult(probe, False, clock() - start, exc.reason, exc.detail), None
+    return ProbeResult(probe, True, clock() - start), value
 
 
 @dataclass(frozen=True)
@@ -388,8 +388,8 @@ __all__ = [
     "ModelInfo",
     "OllamaClient",
     "ProbeError",
-    "ProbeOutcome",
     "ProbeReason",
+    "ProbeResult",
     "parse_go_time",
     "timed_probe",
 ]
