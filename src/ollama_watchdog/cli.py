@@ -26,8 +26,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ollama_watchdog import simulator, store
-    from ollama_watchdog.commands import check, doctor
+    from ollama_watchdog import simulator
+    from ollama_watchdog.commands import check, doctor, models
 
     parser = argparse.ArgumentParser(
         prog="ollama-watchdog",
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="verify, back up or restore Ollama's model store")
     _add_config(p)
-    store.add_arguments(p)
+    models.add_arguments(p)
 
     p = sub.add_parser("simulate", help="run the Ollama simulator (a test double of Ollama)")
     simulator.add_arguments(p)
@@ -136,9 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor.main(args, config)
     if args.command == "models":
-        from ollama_watchdog import store
+        from ollama_watchdog.commands import models
 
-        return store.main(args, config)
+        return models.main(args, config)
     parser.error(f"unknown command {args.command}")
     return 2
 

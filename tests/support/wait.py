@@ -10,7 +10,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    check: Callable[[], T | None | bool],
+    check: Callable[[], T | bool | None],
     what: str,
     timeout: float = 30.0,
     interval: float = 0.05,

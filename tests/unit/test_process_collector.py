@@ -29,11 +29,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 from support.registry import registry_of
 
-from ollama_watchdog.collectors.process import (
-    ProcessCollector,
-    SystemdMainPid,
-    classify_argv,
-)
+from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
+from ollama_watchdog.ollama.processes import classify_argv
 
 MIB = 1024 * 1024
 ALLOC_MIB = 48

@@ -24,7 +24,9 @@ import pytest
 import requests
 from support.sim import SimulatorProcess
 
+from ollama_watchdog.ollama.routes import ROUTES
 from ollama_watchdog.simulator.gguf import gguf_header
+from ollama_watchdog.simulator.router import DISPATCH, ENDPOINTS
 
 T = 15  # generous request timeout: waiting, never asserting on speed
 GIN_RE = re.compile(
@@ -104,6 +106,21 @@ def test_unknown_path_and_wrong_method_get_gins_text_bodies(shared_sim: Simulato
     assert head_ps.status_code == 405  # gin registers HEAD only where Ollama asks for it
     shared_sim.wait_for_log(r'\| 404 \|.*\| GET      "/api/nothing-here"$')
     shared_sim.wait_for_log(r'\| 405 \|.*\| GET      "/api/generate"$')
+
+
+def test_routes_are_ollama_routes_table_and_the_unimplemented_answer_501(
+    shared_sim: SimulatorProcess,
+) -> None:
+    """One route table: the simulator serves every route of ``ollama.routes.ROUTES`` (the set
+    the log parser labels requests with) and no other; those it has no endpoint for are 501."""
+    assert set(DISPATCH) == {route.template for route in ROUTES}
+    assert set(ENDPOINTS) <= set(DISPATCH)
+    copy = requests.post(shared_sim.url + "/api/copy", json={}, timeout=T)
+    assert (copy.status_code, copy.json()) == (
+        501, {"error": "/api/copy is not implemented by the ollama-watchdog simulator"}
+    )
+    key = requests.delete(shared_sim.url + "/api/user/keys/abc", timeout=T)
+    assert key.status_code == 501
 
 
 def test_tags_lists_models_exactly_as_the_store_on_disk_says(

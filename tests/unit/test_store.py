@@ -26,7 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_watchdog import store
+from ollama_watchdog.commands import models as models_command
 from ollama_watchdog.config import Config, OllamaConfig
+from ollama_watchdog.ollama.names import ModelName, parse_manifest
+from ollama_watchdog.store.archive import INDEX_FORMAT, INDEX_NAME, INDEX_VERSION
+from ollama_watchdog.store.restore import restore_store
+from ollama_watchdog.store.verify import verify_store
 
 MODEL = "application/vnd.ollama.image.model"
 TEMPLATE = "application/vnd.ollama.image.template"
@@ -144,10 +149,10 @@ def run_cli(
     argv: list[str], capsys: pytest.CaptureFixture[str], models_dir: Path
 ) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="ollama-watchdog models")
-    store.add_arguments(parser)
+    models_command.add_arguments(parser)
     args = parser.parse_args(argv)
     config = Config(ollama=OllamaConfig(models_dir=models_dir))
-    code = store.main(args, config)
+    code = models_command.main(args, config)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -275,7 +280,7 @@ def test_backup_of_chosen_models_holds_only_their_blobs(
     assert code == 0
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-    assert names[0] == store.INDEX_NAME
+    assert names[0] == INDEX_NAME
     assert names[1:2] == ["manifests/hf.co/bartowski/Qwen2.5-0.5B-Instruct-GGUF/Q4_K_M"]
     assert len([n for n in names if n.startswith("blobs/")]) == 3  # config, model, template
     assert built.llama_weights.replace(":", "-") not in " ".join(names)
@@ -312,8 +317,8 @@ def test_restore_keeps_identical_blobs_and_places_the_rest(
     # a host that already has llama3.2:1b (same bytes) and nothing else
     (target / "blobs").mkdir(parents=True)
     source = store.ModelStore(built.root)
-    one = store.ModelName.parse("llama3.2:1b")
-    manifest = store.parse_manifest(one, source.manifest_path(one).read_bytes())
+    one = ModelName.parse("llama3.2:1b")
+    manifest = parse_manifest(one, source.manifest_path(one).read_bytes())
     for blob in manifest.blobs:
         (target / "blobs" / blob.blob_name).write_bytes(source.blob_path(blob.digest).read_bytes())
     dest = target / "manifests" / one.relpath
@@ -390,8 +395,8 @@ def member(name: str, data: bytes = b"", **attrs: object) -> tuple[tarfile.TarIn
 
 def index_for(blobs: dict[str, bytes], manifests: dict[str, bytes]) -> bytes:
     doc = {
-        "format": store.INDEX_FORMAT,
-        "version": store.INDEX_VERSION,
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
         "models": {"evil:latest": next(iter(manifests))} if manifests else {},
         "manifests": {k: {"digest": digest_of(v), "size": len(v)} for k, v in manifests.items()},
         "blobs": {d: len(b) for d, b in blobs.items()},
@@ -423,7 +428,7 @@ def small_model() -> tuple[dict[str, bytes], dict[str, bytes]]:
 
 def good_members() -> list[tuple[tarfile.TarInfo, bytes]]:
     blobs, manifests = small_model()
-    out = [member(store.INDEX_NAME, index_for(blobs, manifests))]
+    out = [member(INDEX_NAME, index_for(blobs, manifests))]
     out += [member(f"manifests/{k}", v) for k, v in manifests.items()]
     out += [member(f"blobs/{d.replace(':', '-')}", b) for d, b in blobs.items()]
     return out
@@ -540,12 +545,12 @@ def test_a_damaged_byte_anywhere_never_places_wrong_data(
     archive.write_bytes(bytes(data))
     target = store.ModelStore(base / "m")
     try:
-        store.restore_store(target, archive)
+        restore_store(target, archive)
     except store.RestoreRefused:
         assert tree(target.root) == {}
         return
     # the damage hit padding or a header field that does not matter: content must be exact
-    report = store.verify_store(target, jobs=1)
+    report = verify_store(target, jobs=1)
     assert report.sound and report.blobs_checked == 2
 
 
@@ -567,7 +572,7 @@ def test_a_damaged_byte_anywhere_never_places_wrong_data(
     ],
 )
 def test_model_names_resolve_like_ollama(text: str, relpath: str, shown: str) -> None:
-    name = store.ModelName.parse(text)
+    name = ModelName.parse(text)
     assert name.relpath == relpath
     assert str(name) == shown
 
@@ -575,4 +580,4 @@ def test_model_names_resolve_like_ollama(text: str, relpath: str, shown: str) ->
 @pytest.mark.parametrize("text", ["", "a/b/c/d", "model:", "/model", "a//b"])
 def test_invalid_model_names_are_errors(text: str) -> None:
     with pytest.raises(store.StoreError, match="invalid model name"):
-        store.ModelName.parse(text)
+        store.parse_model_name(text)

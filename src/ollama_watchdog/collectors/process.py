@@ -29,15 +29,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import psutil
 import structlog
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ollama_watchdog.ollama.processes import Role, classify_argv
+
 log = structlog.get_logger(__name__)
 
-Role = Literal["server", "runner"]
 ROLES: tuple[Role, ...] = ("server", "runner")
 
 # Metric names (DESIGN.md "Process and host"; ollama_process_threads is our addition).
@@ -53,25 +53,6 @@ HOST_MEM_TOTAL = "ollama_host_memory_total_bytes"
 HOST_MEM_AVAILABLE = "ollama_host_memory_available_bytes"
 MODELS_DIR_FREE = "ollama_models_dir_free_bytes"
 MODELS_DIR_SIZE = "ollama_models_dir_size_bytes"
-
-
-def classify_argv(argv: Sequence[str]) -> Role | None:
-    """Apply the team's process-matching rule to one command line.
-
-    Server: an element with basename ``ollama`` immediately followed by ``serve`` (so both
-    ``/usr/local/bin/ollama serve`` and ``python3 /usr/local/bin/ollama serve`` match).
-    Model process: argv[0] or argv[1] has basename ``llama-server`` (v0.30+), or an element with
-    basename ``ollama`` is followed by ``runner`` (up to 0.24).
-    """
-    for i in range(len(argv) - 1):
-        if os.path.basename(argv[i]) == "ollama":
-            if argv[i + 1] == "serve":
-                return "server"
-            if argv[i + 1] == "runner":
-                return "runner"
-    if any(os.path.basename(a) == "llama-server" for a in argv[:2]):
-        return "runner"
-    return None
 
 
 @dataclass(frozen=True)
@@ -503,8 +484,6 @@ __all__ = [
     "ProcessCollector",
     "ProcessSample",
     "ProcessSnapshot",
-    "Role",
     "SystemdMainPid",
-    "classify_argv",
     "families",
 ]

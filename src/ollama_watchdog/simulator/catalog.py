@@ -1,9 +1,14 @@
-"""The simulator's models: a real Ollama store on disk (FACTS.md §5), fake or read from a dir.
+"""The simulator's models: a real Ollama store on disk (FACTS.md §5) and the installed set.
 
 Fake models are written as a genuine store (manifests + ``sha256-<hex>`` blobs with correct
 digests), so everything that reads a models dir (the runner's ``--model`` blob path, the log
 collector's blob→model mapping, ``models verify``) sees the same layout as with real Ollama.
-Blobs are tiny; sizes reported by the API are the real sizes of those files.
+Blobs are tiny; sizes reported by the API are the real sizes of those files. Names, media
+types and the manifest layout come from :mod:`ollama_watchdog.ollama.names`.
+
+:class:`Catalog` is the installed set while the simulator runs (what ``/api/tags`` lists,
+``/api/create`` adds to and ``/api/delete`` removes from); which of them are *loaded* is the
+scheduler's (``scheduler.py``).
 """
 
 from __future__ import annotations
@@ -11,21 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-MODEL_MEDIA = "application/vnd.ollama.image.model"
-CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
-MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-_BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
-_HOST_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}$")
-_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
-_TAG_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+from ollama_watchdog.ollama.names import (
+    BLOB_NAME_RE,
+    CONFIG_MEDIA_TYPE,
+    DEFAULT_HOST,
+    DEFAULT_NAMESPACE,
+    MANIFEST_MEDIA_TYPE,
+    MODEL_MEDIA_TYPE,
+    ModelName,
+    manifest_paths,
+    normalize_name,
+)
 
 #: Fixed manifest mtime of fake models, so ``modified_at`` is stable between runs.
 _FAKE_MTIME = datetime(2026, 8, 1, 12, 0, 0).timestamp()
@@ -89,44 +95,30 @@ def _fake_spec(index: int) -> _FakeSpec:
                      ("completion",), 8192, 2048, 1_300_000_000 + index * 1_048_576)
 
 
-def short_name(host: str, namespace: str, model: str, tag: str) -> str:
-    """The display name Ollama shows: default host and namespace left out."""
-    if host == DEFAULT_HOST:
-        prefix = "" if namespace == DEFAULT_NAMESPACE else f"{namespace}/"
-    else:
-        prefix = f"{host}/{namespace}/"
-    return f"{prefix}{model}:{tag}"
+class Catalog:
+    """The installed models by display name, shared by all request threads."""
 
+    def __init__(self, models: list[Model]) -> None:
+        self._models = {m.name: m for m in models}
+        self._lock = threading.Lock()
 
-def normalize_name(name: str) -> str:
-    """A request's model name in display form: ``llama3.2`` → ``llama3.2:latest``."""
-    name = name.strip()
-    for prefix in (f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/", f"{DEFAULT_NAMESPACE}/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        name += ":latest"
-    return name
+    def models(self) -> list[Model]:
+        """All of them, newest first (as ``/api/tags`` sorts them)."""
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m.modified_at, reverse=True)
 
+    def find(self, name: str) -> Model | None:
+        with self._lock:
+            return self._models.get(normalize_name(name))
 
-def parse_name(name: str) -> tuple[str, str, str, str] | None:
-    """``[host/][namespace/]model[:tag]`` → (host, namespace, model, tag), None if invalid.
+    def put(self, model: Model) -> None:
+        """Add a created model, or replace the one of the same name."""
+        with self._lock:
+            self._models[model.name] = model
 
-    Ollama's ``model.ParseName`` + ``IsValid`` (types/model/name.go): defaults filled in, each
-    part from a small alphabet and at most 80 characters (the host 350, it may carry a port).
-    """
-    path, tag = name, "latest"
-    if ":" in name.rsplit("/", 1)[-1]:
-        path, tag = name.rsplit(":", 1)
-    parts = path.split("/")
-    if len(parts) > 3:
-        return None
-    host, namespace, model = [DEFAULT_HOST, DEFAULT_NAMESPACE][: 3 - len(parts)] + parts
-    if not (_HOST_PART.match(host) and _NAME_PART.match(namespace) and _NAME_PART.match(model)
-            and _TAG_PART.match(tag)):
-        return None
-    return host, namespace, model, tag
+    def delete(self, name: str) -> bool:
+        with self._lock:
+            return self._models.pop(normalize_name(name), None) is not None
 
 
 def write_blob(blobs: Path, data: bytes) -> tuple[str, int, bool]:
@@ -180,18 +172,20 @@ def write_fake_store(models_dir: Path, count: int) -> None:
         config_hex, config_size = _write_blob(blobs, json.dumps(config).encode())
         manifest = {
             "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA,
-            "config": {"mediaType": CONFIG_MEDIA, "digest": f"sha256:{config_hex}",
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": f"sha256:{config_hex}",
                        "size": config_size},
             "layers": [
-                {"mediaType": MODEL_MEDIA, "digest": f"sha256:{model_hex}", "size": model_size},
+                {"mediaType": MODEL_MEDIA_TYPE, "digest": f"sha256:{model_hex}",
+                 "size": model_size},
                 {"mediaType": "application/vnd.ollama.image.template",
                  "digest": f"sha256:{template_hex}", "size": template_size},
                 {"mediaType": "application/vnd.ollama.image.params",
                  "digest": f"sha256:{params_hex}", "size": params_size},
             ],
         }
-        path = models_dir / "manifests" / DEFAULT_HOST / DEFAULT_NAMESPACE / spec.model / spec.tag
+        name = ModelName(DEFAULT_HOST, DEFAULT_NAMESPACE, spec.model, spec.tag)
+        path = models_dir / "manifests" / name.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         # Go's json.Encoder: compact, trailing newline (locally created manifests).
         path.write_bytes(json.dumps(manifest, separators=(",", ":")).encode() + b"\n")
@@ -214,9 +208,10 @@ def read_model(models_dir: Path, manifest_path: Path) -> Model | None:
         return None
     if not isinstance(layers, list) or not isinstance(config_ref, dict):
         return None
-    host, namespace, model, tag = manifest_path.relative_to(models_dir / "manifests").parts
+    name = ModelName.from_manifest_path(models_dir / "manifests", manifest_path)
     size = int(config_ref.get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
-    weights = next((layer for layer in layers if layer.get("mediaType") == MODEL_MEDIA), None)
+    weights = next((layer for layer in layers if layer.get("mediaType") == MODEL_MEDIA_TYPE),
+                   None)
     weights_hex = str(weights["digest"]).replace("sha256:", "") if weights else "0" * 64
     config: dict[str, object] = {}
     config_digest = str(config_ref.get("digest", "")).replace("sha256:", "")
@@ -234,7 +229,7 @@ def read_model(models_dir: Path, manifest_path: Path) -> Model | None:
     if "bert" in family and "simulator" not in config:
         capabilities = ("embedding",)
     return Model(
-        name=short_name(host, namespace, model, tag),
+        name=str(name),
         digest=hashlib.sha256(raw).hexdigest(),
         size=size,
         modified_at=manifest_path.stat().st_mtime,
@@ -254,11 +249,10 @@ def read_model(models_dir: Path, manifest_path: Path) -> Model | None:
 
 def read_store(models_dir: Path) -> list[Model]:
     """All models of a store, newest first (as ``/api/tags`` sorts them)."""
-    manifests = models_dir / "manifests"
     found = [
         model
-        for path in manifests.glob("*/*/*/*")
-        if path.is_file() and (model := read_model(models_dir, path)) is not None
+        for path in manifest_paths(models_dir)
+        if (model := read_model(models_dir, path)) is not None
     ]
     return sorted(found, key=lambda m: m.modified_at, reverse=True)
 
@@ -266,6 +260,6 @@ def read_store(models_dir: Path) -> list[Model]:
 def count_blobs(models_dir: Path) -> int:
     """What Ollama's start-up ``total blobs: N`` line counts."""
     try:
-        return sum(1 for p in (models_dir / "blobs").iterdir() if _BLOB_NAME.match(p.name))
+        return sum(1 for p in (models_dir / "blobs").iterdir() if BLOB_NAME_RE.match(p.name))
     except OSError:
         return 0

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ollama_watchdog.simulator.api import FAULTS, Fault, FaultState
+from ollama_watchdog.simulator.faults import FAULTS, Fault, FaultState
 
 
 class ControlHandler(BaseHTTPRequestHandler):

@@ -9,7 +9,8 @@ blob per template/system/params/messages/license, a config blob, and the manifes
 
 Deliberate simplifications: Go templates are not validated; the 0.30+ re-write of the GGUF
 through ``llama-quantize`` (a new model digest) is not done, the uploaded digest is used as
-≤0.24 does; replaced manifests' old layers are not pruned; only GGUF imports.
+≤0.24 does; replaced manifests' old layers are not pruned; only GGUF imports. Name rules and
+media types come from :mod:`ollama_watchdog.ollama.names`.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ollama_watchdog.simulator.catalog import (
-    CONFIG_MEDIA,
-    MANIFEST_MEDIA,
-    MODEL_MEDIA,
-    parse_name,
-    write_blob,
+from ollama_watchdog.ollama.names import (
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MODEL_MEDIA_TYPE,
+    ModelName,
 )
+from ollama_watchdog.simulator.catalog import write_blob
 from ollama_watchdog.simulator.gguf import MAGIC, GgufError, human_number, read_gguf_info
 from ollama_watchdog.simulator.protocol import go_json, json_kind
 
@@ -122,9 +123,9 @@ class Layer:
 class CreatePlan:
     """A validated create request: what ``run_create`` does after the stream has started."""
 
-    name: tuple[str, str, str, str]
+    name: ModelName
     files: tuple[tuple[str, str], ...]  # (file name, digest), sorted by name
-    base: tuple[str, str, str, str] | None  # ``from`` an existing local model
+    base: ModelName | None  # ``from`` an existing local model
     template: str | None
     system: str | None
     licenses: tuple[str, ...]
@@ -175,13 +176,13 @@ def prepare_create(req: dict[str, Any], models_dir: Path) -> CreatePlan:
             raise CreateError(400, f"invalid digest for {file_name}: {MSG_INVALID_DIGEST}")
     if req.get("adapters"):
         raise CreateError(400, "LoRA adapters are no longer supported")
-    name = parse_name(str(req.get("model") or req.get("name") or ""))
+    name = ModelName.parse_valid(str(req.get("model") or req.get("name") or ""))
     if name is None:
         raise CreateError(400, MSG_INVALID_NAME)
     base_name = _string_field(req, "from")
     base = None
     if base_name:
-        base = parse_name(base_name)
+        base = ModelName.parse_valid(base_name)
         if base is None:
             raise CreateError(400, MSG_INVALID_NAME)
     elif not files:
@@ -218,9 +219,8 @@ def prepare_create(req: dict[str, Any], models_dir: Path) -> CreatePlan:
     )
 
 
-def manifest_path(models_dir: Path, name: tuple[str, str, str, str]) -> Path:
-    host, namespace, model, tag = name
-    return models_dir / "manifests" / host / namespace / model / tag
+def manifest_path(models_dir: Path, name: ModelName) -> Path:
+    return models_dir / "manifests" / name.relpath
 
 
 def _go_encoder(value: object) -> bytes:
@@ -228,8 +228,7 @@ def _go_encoder(value: object) -> bytes:
     return go_json(value) + b"\n"
 
 
-def _base_layers(models_dir: Path, base: tuple[str, str, str, str],
-                 ) -> tuple[list[Layer], dict[str, Any]]:
+def _base_layers(models_dir: Path, base: ModelName) -> tuple[list[Layer], dict[str, Any]]:
     path = manifest_path(models_dir, base)
     try:
         manifest = _load_json(path)
@@ -238,10 +237,9 @@ def _base_layers(models_dir: Path, base: tuple[str, str, str, str],
                         str(x.get("from", ""))) for x in manifest["layers"]]
     except FileNotFoundError:
         # Not local: Ollama would pull it, which fails on the offline hosts we simulate.
-        host, namespace, model, tag = base
-        raise CreateError(500, f'pull model manifest: Get "https://{host}/v2/{namespace}/'
-                               f'{model}/manifests/{tag}": dial tcp: lookup {host}: no such'
-                               ' host') from None
+        raise CreateError(500, f'pull model manifest: Get "https://{base.host}/v2/'
+                               f'{base.namespace}/{base.model}/manifests/{base.tag}": dial tcp:'
+                               f' lookup {base.host}: no such host') from None
     except (KeyError, TypeError, ValueError) as error:
         raise CreateError(500, f"invalid manifest {path}: {error}") from None
     return layers, config if isinstance(config, dict) else {}
@@ -266,7 +264,8 @@ def _gguf_layers(models_dir: Path, plan: CreatePlan, era_go_runner: bool,
             raise CreateError(500, str(error)) from None
         # ≤0.24 recorded the full blob path as the layer's source, later versions the file name.
         source = str(path) if era_go_runner else file_name
-        layers.append(Layer(MODEL_MEDIA, f"sha256:{path.name[7:]}", path.stat().st_size, source))
+        layers.append(Layer(MODEL_MEDIA_TYPE, f"sha256:{path.name[7:]}", path.stat().st_size,
+                            source))
         if not config:
             config = {"model_format": "gguf", "model_family": info.architecture,
                       "model_families": [info.architecture],
@@ -317,8 +316,8 @@ def run_create(plan: CreatePlan, models_dir: Path, *, era_go_runner: bool,
     progress("writing manifest")
     manifest = {
         "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA,
-        "config": {"mediaType": CONFIG_MEDIA, "digest": f"sha256:{config_hex}",
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": f"sha256:{config_hex}",
                    "size": config_size},
         "layers": [layer.as_json() for layer in layers],
     }

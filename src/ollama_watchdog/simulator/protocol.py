@@ -1,6 +1,7 @@
-"""Pure pieces of Ollama's HTTP protocol: routes, JSON encoding, request field rules.
+"""Pure pieces of Ollama's HTTP protocol: JSON encoding, request decoding, field rules.
 
-Everything here is data in, data out; the HTTP server in ``api.py`` uses it (FACTS.md §1).
+Everything here is data in, data out; the endpoints (``inference.py``, ``models.py``) and the
+router use it (FACTS.md §1). The routes themselves are :mod:`ollama_watchdog.ollama.routes`.
 """
 
 from __future__ import annotations
@@ -11,45 +12,10 @@ import math
 import re
 import struct
 from decimal import Decimal
+from typing import Any
 
-#: Known routes and their methods (HEAD ``server/routes.go`` GenerateRoutes). gin registers
-#: HEAD only where Ollama asks for it, so ``HEAD /api/ps`` is a 405.
-ROUTES: dict[str, frozenset[str]] = {
-    "/": frozenset({"GET", "HEAD"}),
-    "/api/version": frozenset({"GET", "HEAD"}),
-    "/api/status": frozenset({"GET"}),
-    "/api/pull": frozenset({"POST"}),
-    "/api/push": frozenset({"POST"}),
-    "/api/tags": frozenset({"GET", "HEAD"}),
-    "/api/show": frozenset({"POST"}),
-    "/api/delete": frozenset({"DELETE"}),
-    "/api/me": frozenset({"POST"}),
-    "/api/signout": frozenset({"POST"}),
-    "/api/create": frozenset({"POST"}),
-    "/api/copy": frozenset({"POST"}),
-    "/api/ps": frozenset({"GET"}),
-    "/api/generate": frozenset({"POST"}),
-    "/api/chat": frozenset({"POST"}),
-    "/api/embed": frozenset({"POST"}),
-    "/api/embeddings": frozenset({"POST"}),
-    "/api/experimental/web_search": frozenset({"POST"}),
-    "/api/experimental/web_fetch": frozenset({"POST"}),
-    "/api/experimental/model-recommendations": frozenset({"GET"}),
-    "/v1/chat/completions": frozenset({"POST"}),
-    "/v1/completions": frozenset({"POST"}),
-    "/v1/embeddings": frozenset({"POST"}),
-    "/v1/responses": frozenset({"POST"}),
-    "/v1/audio/transcriptions": frozenset({"POST"}),
-    "/v1/messages": frozenset({"POST"}),
-    "/v1/models": frozenset({"GET"}),
-}
-#: Routes with one path parameter (``/api/blobs/:digest`` ...): prefix → methods.
-PARAM_ROUTES: dict[str, frozenset[str]] = {
-    "/api/blobs/": frozenset({"HEAD", "POST"}),
-    "/v1/models/": frozenset({"GET"}),
-    "/api/user/keys/": frozenset({"DELETE"}),
-}
-#: Routes that go through the scheduler (and so can be refused with 503 when busy).
+#: Routes that go through the scheduler (and so can be refused with 503 when busy); each is a
+#: template of ``ollama.routes.ROUTES`` (the router checks it at import).
 SCHEDULED_ROUTES = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 
 MSG_RUNNER_STOPPED = (
@@ -66,15 +32,13 @@ KNOWN_OPTIONS = frozenset({
 })
 
 
-def route_methods(path: str) -> frozenset[str] | None:
-    """The methods registered for a path, or None for an unknown path."""
-    if path in ROUTES:
-        return ROUTES[path]
-    for prefix, methods in PARAM_ROUTES.items():
-        rest = path[len(prefix):]
-        if path.startswith(prefix) and rest and "/" not in rest:
-            return methods
-    return None
+class ApiError(Exception):
+    """An answer of ``{"error": message}`` with a status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def go_json(value: object) -> bytes:
@@ -215,3 +179,32 @@ def json_syntax_error(body: bytes, error: json.JSONDecodeError) -> str:
         return "unexpected EOF"
     char = text[error.pos]
     return f"invalid character {char!r} looking for beginning of value"
+
+
+def json_body(body: bytes, type_name: str) -> dict[str, Any]:
+    """A request body as gin's ``ShouldBindJSON`` into ``api.<type_name>`` takes it.
+
+    Raises :class:`ApiError` (400) with encoding/json's message for what Go would refuse.
+    """
+    if not body.strip():
+        raise ApiError(400, "missing request body")
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ApiError(400, json_syntax_error(body, error)) from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid character looking for beginning of value") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"json: cannot unmarshal {json_kind(value)} into Go value of"
+                            f" type api.{type_name}")
+    for key, want, go_type in (("model", str, "string"), ("prompt", str, "string"),
+                               ("messages", list, "[]api.Message"), ("stream", bool, "bool")):
+        if key in value and value[key] is not None and not isinstance(value[key], want):
+            raise ApiError(400, f"json: cannot unmarshal {json_kind(value[key])} into Go"
+                                f" struct field {type_name}.{key} of type {go_type}")
+    return value
+
+
+def model_name(req: dict[str, Any]) -> str:
+    """The request's model: ``model``, or the older ``name`` field."""
+    return str(req.get("model") or req.get("name") or "")

@@ -249,6 +249,12 @@ class Scheduler:
                 del self._loaded[entry.model.name]
         entry.runner.stop()
 
+    def unload_model(self, name: str) -> None:
+        """Unload every live runner of the model called ``name`` (it is being deleted)."""
+        for entry in self.loaded():
+            if entry.model.name == name:
+                self.unload(entry)
+
     def crash_runner(self, entry: LoadedModel) -> None:
         """Kill a runner like a runtime crash, and log it as Ollama would."""
         entry.runner.crash()

@@ -19,19 +19,14 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from ollama_watchdog.simulator.api import (
-    FAULTS,
-    ApiServer,
-    Fault,
-    FaultState,
-    SimSettings,
-    Simulator,
-)
-from ollama_watchdog.simulator.catalog import count_blobs, read_store, write_fake_store
+from ollama_watchdog.simulator.catalog import Catalog, count_blobs, read_store, write_fake_store
 from ollama_watchdog.simulator.control import ControlServer, serve_in_thread
+from ollama_watchdog.simulator.faults import FAULTS, Fault, FaultState
+from ollama_watchdog.simulator.instance import SimSettings, Simulator
 from ollama_watchdog.simulator.logformat import format_go_duration, human_bytes2
 from ollama_watchdog.simulator.logsink import LogSink
 from ollama_watchdog.simulator.protocol import KeepAliveError, parse_keep_alive
+from ollama_watchdog.simulator.router import ApiServer
 from ollama_watchdog.simulator.runners import install_runner_scripts
 from ollama_watchdog.simulator.scheduler import (
     ERA_GO_RUNNER,
@@ -226,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
     llama_server, go_runner = install_runner_scripts(work_dir)
     scheduler = Scheduler(sink, era, llama_server, go_runner, _default_context())
     scheduler_box.append(scheduler)
-    sim = Simulator(settings, models_dir, models, scheduler, faults, sink, crash_now)
+    sim = Simulator(settings, models_dir, Catalog(models), scheduler, faults, sink)
     try:
         api = ApiServer((host, port), sim, family)
     except OSError as error:
