@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from prometheus_client.metrics_core import Metric
 
 from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.process import ProcessCollector, _tree_size
+from ollama_watchdog.procgroup import stop_process_group
 
 RUNNER = r"""
 import os, sys, time
@@ -159,8 +159,7 @@ def main() -> int:
             _wait_ready(proc, 1 + args.runners, timeout=180)
             results = _run(args, proc.pid, models)
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            stop_process_group(proc, first=None, sweep=True, reap_timeout=30.0)
     _print(results)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 
@@ -24,6 +25,7 @@ def stop_process_group(
     leader_only: bool = False,
     sweep: bool = False,
     reap_timeout: float | None = None,
+    before_kill: Callable[[], object] | None = None,
 ) -> int | None:
     """Stop ``proc`` and its process group; return its exit status (None if not reaped yet).
 
@@ -31,7 +33,9 @@ def stop_process_group(
     leader runs; ``None`` skips straight to ``SIGKILL``. After ``grace`` seconds a surviving
     leader gets the group killed. ``sweep`` kills what is left of the group even when the
     leader exited in time (children it left behind). ``reap_timeout`` bounds the wait after
-    ``SIGKILL`` (default: ``grace``).
+    ``SIGKILL`` (default: ``grace``). ``before_kill`` is called just before that ``SIGKILL``
+    while the leader still runs, for what the group signal cannot reach (a container's PID 1,
+    which has a session of its own).
     """
     reap = grace if reap_timeout is None else reap_timeout
     if proc.poll() is None and first is not None:
@@ -42,6 +46,8 @@ def stop_process_group(
                 os.killpg(proc.pid, first)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
+    if proc.poll() is None and before_kill is not None:
+        before_kill()
     if proc.poll() is None or sweep:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

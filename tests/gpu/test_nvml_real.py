@@ -14,12 +14,10 @@ missing (CI has no GPU; CI's command deselects ``-m gpu``). Run on the GPU machi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,9 +30,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
+from support.wait import wait_until
 
 from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.process import ProcessCollector
+from ollama_watchdog.procgroup import stop_process_group
 
 pytestmark = pytest.mark.gpu
 
@@ -152,9 +152,7 @@ class Loaded:
 
     def close(self) -> None:
         self.gpu.stop()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        stop_process_group(self.proc, first=None, sweep=True, reap_timeout=30.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -214,10 +212,12 @@ def test_utilization_agrees_with_nvidia_smi_under_load(loaded: Loaded) -> None:
     # The runner's load can take a moment to show in NVML's sampled utilization (the first
     # run saw 0 % for the first seconds): wait, generously, until nvidia-smi sees it busy.
     waited = time.monotonic()
-    deadline = waited + 60.0
-    while int(smi("--query-gpu=utilization.gpu")[0][0]) < 50:
-        assert time.monotonic() < deadline, "the CUDA runner never made the GPU busy"
-        time.sleep(0.5)
+    wait_until(
+        lambda: int(smi("--query-gpu=utilization.gpu")[0][0]) >= 50,
+        "the CUDA runner made the GPU busy",
+        timeout=60.0,
+        interval=0.5,
+    )
     record("utilization_wait", seconds=round(time.monotonic() - waited, 1))
     pairs = []
     for _ in range(5):

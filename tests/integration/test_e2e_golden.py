@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import requests
 from support.daemon import DaemonProcess, quick_config
 from support.sim import SimulatorProcess
 from support.tools import require_tool
+from support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +68,10 @@ def normalise(text: str) -> str:
 
 
 def settle(d: DaemonProcess, pred: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError("the exporter did not reach the expected state:\n" + d.metrics_text())
+    try:
+        wait_until(pred, "the exporter in the expected state", timeout, interval=0.2)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{d.metrics_text()}") from None
 
 
 def test_metrics_match_the_golden_file(
@@ -105,18 +103,20 @@ def test_metrics_match_the_golden_file(
         r.raise_for_status()
         settle(
             d,
-            lambda: d.value("ollama_models_loaded") == 1.0
-            and d.value("ollama_process_runners") == 1.0
-            and d.value("ollama_log_timed_completions_total", model=model) == 1.0
-            # the follower starts at the end of the file: wait until each probe's request
-            # line written after that has been counted, so every series is there
-            and all(
-                (d.value("ollama_http_requests_total", code="200", method=m, route=r) or 0) >= 1
-                for m, r in (
-                    ("GET", "/api/version"),
-                    ("GET", "/api/tags"),
-                    ("GET", "/api/ps"),
-                    ("POST", "/api/generate"),
+            lambda: (
+                d.value("ollama_models_loaded") == 1.0
+                and d.value("ollama_process_runners") == 1.0
+                and d.value("ollama_log_timed_completions_total", model=model) == 1.0
+                # the follower starts at the end of the file: wait until each probe's request
+                # line written after that has been counted, so every series is there
+                and all(
+                    (d.value("ollama_http_requests_total", code="200", method=m, route=r) or 0) >= 1
+                    for m, r in (
+                        ("GET", "/api/version"),
+                        ("GET", "/api/tags"),
+                        ("GET", "/api/ps"),
+                        ("POST", "/api/generate"),
+                    )
                 )
             ),
         )

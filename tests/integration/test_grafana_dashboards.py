@@ -12,11 +12,8 @@ dashboard whose queries all silently return nothing cannot pass.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,9 @@ import yaml
 from support.daemon import DaemonProcess, quick_config
 from support.sim import SimulatorProcess
 from support.tools import free_port, require_tool
+from support.wait import wait_until
+
+from ollama_watchdog.procgroup import stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -93,18 +93,19 @@ class PrometheusProcess:
         self.wait(lambda: requests.get(f"{self.url}/-/ready", timeout=2).ok, "ready")
 
     def wait(self, condition: Any, what: str) -> None:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
+        """Wait for ``condition`` (an unreachable prometheus is "not yet"); fail with its log."""
+
+        def check() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "prometheus exited"
             try:
-                if condition():
-                    return
+                return bool(condition())
             except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(
-            f"prometheus: not {what} within {WAIT}s\n{self.log.read_text()[-2000:]}"
-        )
+                return False
+
+        try:
+            wait_until(check, f"prometheus {what}", timeout=WAIT, interval=0.5)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{self.log.read_text()[-2000:]}") from None
 
     def query(self, expr: str) -> dict[str, Any]:
         response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
@@ -114,13 +115,7 @@ class PrometheusProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process_group(self.proc, 15.0, reap_timeout=5.0)
 
 
 def generation_model(sim: SimulatorProcess) -> str:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +22,9 @@ import pytest
 import requests
 from support.sim import SimulatorProcess
 from support.tools import free_port, require_tool
+from support.wait import wait_until
+
+from ollama_watchdog.procgroup import stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -119,24 +120,19 @@ def proxy(tmp_path: Path, simulator_factory: Callable[..., SimulatorProcess]) ->
         )
     try:
         ca = tmp_path / "ollama.crt"
-        deadline = time.monotonic() + WAIT
-        while True:
+
+        def listening() -> bool:
             assert process.poll() is None, (tmp_path / "error.log").read_text()
             try:
                 requests.get(f"https://127.0.0.1:{port}/", verify=str(ca), timeout=2)
-                break
             except requests.ConnectionError:
-                assert time.monotonic() < deadline, "nginx never listened"
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_until(listening, "nginx listening", timeout=WAIT, interval=0.1)
         yield Proxy(f"https://127.0.0.1:{port}", ca, backends)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_process_group(process, 10.0)
 
 
 def generation_model(proxy: Proxy) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +14,10 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_watchdog.procgroup import stop_process_group
+
 from .tools import free_port
+from .wait import wait_until
 
 
 def toml_value(v: Any) -> str:
@@ -107,18 +109,21 @@ class DaemonProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
+        proc = self.proc
+        assert proc is not None
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {proc.returncode}: {self.stderr()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
+                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("daemon not ready: " + self.stderr())
+                return False
+
+        try:
+            wait_until(healthy, "daemon ready", timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise RuntimeError("daemon not ready: " + self.stderr()) from None
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
@@ -138,13 +143,15 @@ class DaemonProcess:
         self, name: str, expected: float, timeout: float = 30.0, **labels: str
     ) -> float | None:
         """Poll until the sample equals ``expected``; returns the last value seen."""
-        deadline = time.monotonic() + timeout
         last = None
-        while time.monotonic() < deadline:
+
+        def reached() -> bool:
+            nonlocal last
             last = self.value(name, **labels)
-            if last == expected:
-                return last
-            time.sleep(0.2)
+            return last == expected
+
+        with contextlib.suppress(AssertionError):  # the caller asserts on the value returned
+            wait_until(reached, f"{name}{labels} == {expected}", timeout=timeout, interval=0.2)
         return last
 
     def signal(self, sig: int) -> None:
@@ -154,14 +161,7 @@ class DaemonProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process_group(self.proc, 10.0, leader_only=True, reap_timeout=5.0)
 
     def __enter__(self) -> DaemonProcess:
         return self.start()

@@ -10,14 +10,11 @@ and its runner children). Fixtures: ``simulator`` (one, started) and ``simulator
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +23,9 @@ from typing import Any
 import pytest
 import requests
 
+from ollama_watchdog.procgroup import stop_process_group
 from ollama_watchdog.simulator.standin import write_standin
+from support.wait import wait_until
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -120,24 +119,31 @@ class SimulatorProcess:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        process = self.process
+        assert process is not None
+
+        def ready() -> bool:
             if self.ready_path.exists():
-                info = json.loads(self.ready_path.read_text())
-                self.url = str(info["url"])
-                self.control_url = str(info["control_url"])
-                # Pin the ports, so restart() comes back on the same addresses.
-                self.port = int(self.url.rsplit(":", 1)[1])
-                self._control_port = int(self.control_url.rsplit(":", 1)[1])
-                return
-            if self.process.poll() is not None:
+                return True
+            if process.poll() is not None:
                 raise SimulatorError(
-                    f"simulator exited with {self.process.returncode}: {self.stderr_text()[-2000:]}"
+                    f"simulator exited with {process.returncode}: {self.stderr_text()[-2000:]}"
                 )
-            time.sleep(0.05)
-        self.stop()
-        raise SimulatorError(f"simulator not ready within {timeout}s: {self.stderr_text()[-2000:]}")
+            return False
+
+        try:
+            wait_until(ready, "simulator ready", timeout=timeout)
+        except AssertionError:
+            self.stop()
+            raise SimulatorError(
+                f"simulator not ready within {timeout}s: {self.stderr_text()[-2000:]}"
+            ) from None
+        info = json.loads(self.ready_path.read_text())
+        self.url = str(info["url"])
+        self.control_url = str(info["control_url"])
+        # Pin the ports, so restart() comes back on the same addresses.
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self._control_port = int(self.control_url.rsplit(":", 1)[1])
 
     @property
     def pid(self) -> int:
@@ -155,20 +161,10 @@ class SimulatorProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, then SIGKILL to the whole group; returns the simulator's exit status."""
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
-        # Whatever is left in the group (a hung simulator, runner children) goes now.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(timeout)
-        return process.returncode
+        # Whatever is left in the group (a hung simulator, runner children) goes too.
+        return stop_process_group(self.process, timeout, leader_only=True, sweep=True)
 
     def restart(self) -> SimulatorProcess:
         """Stop and start again on the same API and control ports."""
@@ -232,14 +228,9 @@ class SimulatorProcess:
     def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """Wait until a log line matches ``pattern`` (a regex); generous deadline, no timing."""
         regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            match = regex.search(self.log_text())
-            if match is not None:
-                return match
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no log line matching {pattern!r} within {timeout}s")
-            time.sleep(0.05)
+        return wait_until(
+            lambda: regex.search(self.log_text()), f"a log line matching {pattern!r}", timeout
+        )
 
 
 @pytest.fixture

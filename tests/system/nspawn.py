@@ -49,6 +49,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from support.wait import wait_until
+
+from ollama_watchdog.procgroup import stop_process_group
+
 SUITE = "bookworm"
 
 # polkitd needs a logind (libpam-systemd provides it); procps for ps/pgrep in diagnostics;
@@ -431,30 +435,38 @@ class Container:
         finally:
             console.close()
         deadline = time.monotonic() + timeout
-        while self._init_pid is None:
-            if self._nspawn.poll() is not None:
+        nspawn = self._nspawn
+
+        def find_init() -> int | None:
+            if nspawn.poll() is not None:
                 raise HarnessError(
-                    f"systemd-nspawn exited {self._nspawn.returncode}:\n{self.console_text()}"
+                    f"systemd-nspawn exited {nspawn.returncode}:\n{self.console_text()}"
                 )
-            for kid in _children(self._nspawn.pid):
+            found = None
+            for kid in _children(nspawn.pid):
                 argv = _cmdline(kid)
                 if argv and argv[0] in _INIT_PATHS:
-                    self._init_pid = kid
-            if time.monotonic() > deadline:
-                raise HarnessError("container systemd did not appear")
-            time.sleep(0.1)
+                    found = kid
+            return found
+
+        try:
+            self._init_pid = wait_until(find_init, "container systemd", timeout, interval=0.1)
+        except AssertionError:
+            raise HarnessError("container systemd did not appear") from None
         # PID 1 may not have its bus socket yet: "Failed to connect to bus" leaves no state.
         state, err = "", ""
-        while not state:
+
+        def system_state() -> str:
+            nonlocal state, err
             remaining = max(5.0, deadline - time.monotonic())
             r = self.run(
                 ["systemctl", "is-system-running", "--wait"], timeout=remaining, check=False
             )
             state, err = r.stdout.strip(), r.stderr.strip()
-            if not state:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            return state
+
+        with contextlib.suppress(AssertionError):  # no state at all is reported just below
+            wait_until(system_state, "a system state", deadline - time.monotonic(), interval=0.2)
         if state not in {"running", "degraded"}:
             raise HarnessError(f"boot ended in state {state!r} ({err}):\n{self.console_text()}")
 
@@ -609,23 +621,24 @@ class Container:
         proc = self._nspawn
         if proc is None:
             return
-        try:
-            if proc.poll() is None:
-                # SIGTERM makes nspawn ask the container's systemd for a clean poweroff.
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=timeout)
-        finally:
+        init_pid = self._init_pid
+
+        def kill_init() -> None:
             # Killing PID 1 of the container ends its whole PID namespace; nspawn then exits.
-            if proc.poll() is None and self._init_pid is not None:
+            if init_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._init_pid, signal.SIGKILL)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
+                    os.kill(init_pid, signal.SIGKILL)
+
+        try:
+            # SIGTERM makes nspawn ask the container's systemd for a clean poweroff.
+            stop_process_group(
+                proc, timeout, leader_only=True, reap_timeout=30.0, before_kill=kill_init
+            )
+        except BaseException:
+            # Interrupted while waiting (a test's timeout): the container must still go.
+            stop_process_group(proc, first=None, reap_timeout=30.0, before_kill=kill_init)
+            raise
+        finally:
             self._nspawn = None
             self._init_pid = None
 

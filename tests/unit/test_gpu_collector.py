@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from support.clock import FakeClock
 from support.registry import registry_of
 
 from ollama_watchdog.collectors.gpu import (
@@ -187,17 +188,9 @@ class FakeNvml:
         return self._dev(h, "energy").energy_mj
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -208,7 +201,7 @@ def collectors() -> Iterator[list[GpuCollector]]:
         c.stop()
 
 
-def make(collectors: list[GpuCollector], nvml: Any, clock: Clock, **kw: Any) -> GpuCollector:
+def make(collectors: list[GpuCollector], nvml: Any, clock: FakeClock, **kw: Any) -> GpuCollector:
     c = GpuCollector(kw.pop("pids", frozenset), nvml=nvml, clock=clock, **kw)
     collectors.append(c)
     return c
@@ -222,7 +215,7 @@ def v(reg: CollectorRegistry, metric: str, /, **labels: str) -> float | None:
 
 
 def test_real_pynvml_without_driver_is_absent_not_failed(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     pynvml = pytest.importorskip("pynvml")
     try:
@@ -242,7 +235,7 @@ def test_real_pynvml_without_driver_is_absent_not_failed(
 
 
 def test_absent_costs_nothing_until_the_retry_interval(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     nvml = FakeNvml(init_error=LIBRARY_NOT_FOUND)
     c = make(collectors, nvml, clock, retry_interval=300.0)
@@ -267,14 +260,14 @@ def test_absent_costs_nothing_until_the_retry_interval(
     assert v(reg, "ollama_gpu_devices") == 1
 
 
-def test_no_gpu_is_absent(collectors: list[GpuCollector], clock: Clock) -> None:
+def test_no_gpu_is_absent(collectors: list[GpuCollector], clock: FakeClock) -> None:
     nvml = FakeNvml([])
     reg = registry_of(make(collectors, nvml, clock))
     assert v(reg, "ollama_gpu_nvml_available") == 0
     assert nvml.calls["shutdown"] == 1  # init succeeded, so it is undone
 
 
-def test_required_gpu_absent_is_a_failure(collectors: list[GpuCollector], clock: Clock) -> None:
+def test_required_gpu_absent_is_a_failure(collectors: list[GpuCollector], clock: FakeClock) -> None:
     c = make(collectors, FakeNvml(init_error=DRIVER_NOT_LOADED), clock, required=True)
     with pytest.raises(NvmlRequired, match="Driver Not Loaded"):
         c.collect()
@@ -283,7 +276,7 @@ def test_required_gpu_absent_is_a_failure(collectors: list[GpuCollector], clock:
 # ---------------------------------------------------------------- values and units
 
 
-def test_every_metric_in_prometheus_units(collectors: list[GpuCollector], clock: Clock) -> None:
+def test_every_metric_in_prometheus_units(collectors: list[GpuCollector], clock: FakeClock) -> None:
     gpus = [FakeGpu(uuid="GPU-aaaa"), FakeGpu(uuid="GPU-bbbb", util=100, ecc=2, reasons=0x40)]
     c = make(collectors, FakeNvml(gpus), clock)
     reg = registry_of(c)
@@ -310,7 +303,7 @@ def test_every_metric_in_prometheus_units(collectors: list[GpuCollector], clock:
 
 
 def test_memory_falls_back_to_v1_once_where_v2_is_missing(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     c = make(collectors, FakeNvml([FakeGpu(uuid="GPU-a")], memory_v2=False), clock)
     with structlog.testing.capture_logs() as logs:
@@ -321,7 +314,9 @@ def test_memory_falls_back_to_v1_once_where_v2_is_missing(
     assert [e["event"] for e in logs].count("gpu_memory_v1_fallback") == 1
 
 
-def test_ollama_memory_is_attributed_by_pid(collectors: list[GpuCollector], clock: Clock) -> None:
+def test_ollama_memory_is_attributed_by_pid(
+    collectors: list[GpuCollector], clock: FakeClock
+) -> None:
     gpus = [
         # 100 and 101 are Ollama's; 555 is someone else's; 9999 is a pid from another PID
         # namespace (a container) that the host cannot see; None: NVML could not tell
@@ -345,7 +340,7 @@ def test_ollama_memory_is_attributed_by_pid(collectors: list[GpuCollector], cloc
 
 
 def test_unsupported_and_lost_gpu_drop_only_their_values(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     gpus = [
         FakeGpu(uuid="GPU-a", unsupported={"ecc", "energy", "power_limit"}),
@@ -377,7 +372,7 @@ def test_unsupported_and_lost_gpu_drop_only_their_values(
 
 
 def test_a_gpu_nvml_no_longer_answers_is_down_the_others_up(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     gpus = [
         FakeGpu(uuid="GPU-a", unsupported={"ecc", "energy", "power_limit", "temperature"}),
@@ -408,7 +403,7 @@ def test_a_gpu_nvml_no_longer_answers_is_down_the_others_up(
 
 
 def test_a_gpu_lost_before_start_is_counted_and_down(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     gpus = [FakeGpu(uuid="GPU-a", unopenable=True), FakeGpu(uuid="GPU-b")]
     nvml = FakeNvml(gpus)
@@ -425,7 +420,7 @@ def test_a_gpu_lost_before_start_is_counted_and_down(
 
 
 def test_a_gpu_down_for_the_retry_interval_reopens_nvml_once_per_interval(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     gpus = [FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b")]
     nvml = FakeNvml(gpus)
@@ -461,7 +456,7 @@ def test_a_gpu_down_for_the_retry_interval_reopens_nvml_once_per_interval(
 
 
 def test_energy_is_read_on_its_own_slower_cadence(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     gpu = FakeGpu(uuid="GPU-a")
     nvml = FakeNvml([gpu])
@@ -481,7 +476,7 @@ def test_energy_is_read_on_its_own_slower_cadence(
 
 
 def test_wedged_driver_fails_rounds_without_piling_up_calls(
-    collectors: list[GpuCollector], clock: Clock
+    collectors: list[GpuCollector], clock: FakeClock
 ) -> None:
     nvml = FakeNvml([FakeGpu(uuid="GPU-a")])
     c = make(collectors, nvml, clock, deadline=0.2)
@@ -507,7 +502,7 @@ def test_wedged_driver_fails_rounds_without_piling_up_calls(
     assert v(reg, "ollama_gpu_utilization_ratio", gpu="0") == 0.37
 
 
-def test_stop_shuts_nvml_down(clock: Clock) -> None:
+def test_stop_shuts_nvml_down(clock: FakeClock) -> None:
     nvml = FakeNvml([FakeGpu(uuid="GPU-a")])
     c = GpuCollector(nvml=nvml, clock=clock)
     c.collect()

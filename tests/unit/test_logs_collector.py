@@ -11,33 +11,20 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 from support.journal import stdout_entry_fields
 from support.registry import registry_of
+from support.wait import wait_until
 
-from ollama_watchdog.collectors.logs import (
-    FileFollower,
-    JournalFollower,
-    LogCounters,
-    LogsCollector,
-    LogSourceError,
-    ModelNames,
-    decode_message,
-)
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Wait generously (shared, noisy machines); fail only if it never happens."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
+from ollama_watchdog.collectors.logs import LogsCollector, LogSourceError
+from ollama_watchdog.collectors.logs.counters import LogCounters
+from ollama_watchdog.collectors.logs.file import FileFollower
+from ollama_watchdog.collectors.logs.journal import JournalFollower, decode_message
+from ollama_watchdog.collectors.logs.model_names import ModelNames
 
 GIN = '[GIN] 2026/01/20 - 23:15:46 | {code} | {lat:>13} |       127.0.0.1 | {m:<7}  "{path}"'
 

@@ -17,7 +17,8 @@ import pytest
 from prometheus_client import generate_latest
 from support.registry import registry_of
 
-from ollama_watchdog.collectors.logs import LogCounters, ModelNames
+from ollama_watchdog.collectors.logs.counters import LogCounters
+from ollama_watchdog.collectors.logs.model_names import ModelNames
 from ollama_watchdog.simulator.logformat import (
     format_gin_line,
     format_slog_line,

@@ -10,7 +10,6 @@ test scans the real ``/proc``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -28,9 +27,11 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 from support.registry import registry_of
+from support.wait import wait_until
 
 from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
 from ollama_watchdog.ollama.processes import classify_argv
+from ollama_watchdog.procgroup import stop_process_group
 
 MIB = 1024 * 1024
 ALLOC_MIB = 48
@@ -129,9 +130,8 @@ class StandIns:
 
     def cleanup(self) -> None:
         for proc in self._groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=DEADLINE)
+            # the whole group, even when the server is gone: its runners outlive it
+            stop_process_group(proc, first=None, sweep=True, reap_timeout=DEADLINE)
             if proc.stdout is not None:
                 proc.stdout.close()
 
@@ -295,10 +295,11 @@ def test_runner_cpu_counter_never_drops_when_a_runner_exits(
     os.kill(runners[0], signal.SIGKILL)
     # The stand-in server never reaps it: the runner stays a zombie, which holds nothing
     # and must not count as a runner.
-    deadline = time.monotonic() + DEADLINE
-    while psutil.Process(runners[0]).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "runner did not die"
-        time.sleep(0.05)
+    wait_until(
+        lambda: psutil.Process(runners[0]).status() == psutil.STATUS_ZOMBIE,
+        "runner died",
+        timeout=DEADLINE,
+    )
     reg = registry_of(c)
     assert value(reg, "ollama_process_runners") == 1
     second = value(reg, "ollama_process_cpu_seconds_total", role="runner")

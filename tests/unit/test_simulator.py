@@ -23,6 +23,7 @@ import psutil
 import pytest
 import requests
 from support.sim import SimulatorProcess
+from support.wait import wait_until
 
 from ollama_watchdog.ollama.routes import ROUTES
 from ollama_watchdog.simulator.gguf import gguf_header
@@ -62,14 +63,6 @@ def runner_children(sim: SimulatorProcess) -> list[psutil.Process]:
         if "llama-server" in heads or go_runner:
             found.append(child)
     return found
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def post(sim: SimulatorProcess, path: str, body: Any, **kwargs: Any) -> requests.Response:
@@ -117,7 +110,8 @@ def test_routes_are_ollama_routes_table_and_the_unimplemented_answer_501(
     assert set(ENDPOINTS) <= set(DISPATCH)
     copy = requests.post(shared_sim.url + "/api/copy", json={}, timeout=T)
     assert (copy.status_code, copy.json()) == (
-        501, {"error": "/api/copy is not implemented by the ollama-watchdog simulator"}
+        501,
+        {"error": "/api/copy is not implemented by the ollama-watchdog simulator"},
     )
     key = requests.delete(shared_sim.url + "/api/user/keys/abc", timeout=T)
     assert key.status_code == 501

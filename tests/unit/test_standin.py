@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,9 @@ import psutil
 import pytest
 import requests
 from support.tools import free_port
+from support.wait import wait_until
 
+from ollama_watchdog.procgroup import stop_process_group
 from ollama_watchdog.simulator.catalog import read_store, write_fake_store
 from ollama_watchdog.simulator.gguf import gguf_header
 from ollama_watchdog.simulator.standin import (
@@ -242,22 +242,18 @@ def serving(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + T
-        while not ready.exists():
+
+        def is_ready() -> bool:
+            if ready.exists():
+                return True
             assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "stand-in serve never became ready"
-            time.sleep(0.05)
+            return False
+
+        wait_until(is_ready, "stand-in serve became ready", timeout=T)
         info = json.loads(ready.read_text())
         yield proc, str(info["url"]), info
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(T)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(T)
+        stop_process_group(proc, T)
 
 
 def test_serve_listens_on_ollama_host_over_ollama_models(standin: Standin) -> None:

@@ -15,8 +15,6 @@ in the pid file is the simulator's own.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -38,6 +36,7 @@ from ollama_watchdog.config import (
     WatchdogConfig,
     parse_listen,
 )
+from ollama_watchdog.procgroup import stop_process_group
 from ollama_watchdog.simulator.standin import write_standin
 
 
@@ -119,15 +118,8 @@ class SimulatorSupervisor:
         if self._thread.is_alive():
             self._thread.join(2)
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(3)
+        if proc is not None:
+            stop_process_group(proc, 3.0)
 
 
 def demo_config(

@@ -36,6 +36,7 @@ from ollama_watchdog.ollama.api import OllamaClient, ProbeError
 from ollama_watchdog.ollama.env import Verdict
 from ollama_watchdog.ollama.logparse import Message, parse_line
 from ollama_watchdog.ollama.processes import classify_argv
+from ollama_watchdog.oneline import one_line
 from ollama_watchdog.store import ModelStore, StoreScan
 from ollama_watchdog.store.progress import human_bytes
 
@@ -576,8 +577,7 @@ def judge_log_errors(lines: Sequence[str] | None, why: str, limit: int = 3) -> F
 def _short(line: str, limit: int = 200) -> str:
     # keep the slog part: the journald prefix says nothing the operator does not know
     at = line.find("level=")
-    text = " ".join((line[at:] if at >= 0 else line).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(line[at:] if at >= 0 else line, limit)
 
 
 # --------------------------------------------------------------------------------------------

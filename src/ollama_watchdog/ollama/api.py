@@ -21,11 +21,15 @@ from typing import Any, Final, Literal, TypeVar
 
 import requests
 
+from ollama_watchdog.oneline import one_line
+
 ProbeReason = Literal["timeout", "refused", "http_error", "bad_response"]
 PROBE_REASONS: Final[tuple[ProbeReason, ...]] = ("timeout", "refused", "http_error", "bad_response")
 
 # Bounded bodies: an answer bigger than this is not something Ollama sends for these endpoints.
 _MAX_BODY = 32 * 1024 * 1024
+#: an error detail from Ollama (a body, an exception text) is cut to this many characters
+_DETAIL_LIMIT: Final = 160
 
 
 T = TypeVar("T")
@@ -224,9 +228,11 @@ class OllamaClient:
                 raise ProbeError("refused", "connection refused") from None
             if "RemoteDisconnected" in text or "reset" in text.lower():
                 raise ProbeError("refused", "connection closed without a response") from None
-            raise ProbeError("refused", "cannot connect: " + _short(text)) from None
+            raise ProbeError(
+                "refused", "cannot connect: " + one_line(text, _DETAIL_LIMIT)
+            ) from None
         except requests.exceptions.RequestException as exc:
-            raise ProbeError("bad_response", _short(str(exc))) from None
+            raise ProbeError("bad_response", one_line(str(exc), _DETAIL_LIMIT)) from None
         if not 200 <= resp.status_code < 300:
             detail = _error_detail(resp)
             resp.close()
@@ -240,7 +246,9 @@ class OllamaClient:
         except requests.exceptions.RequestException as exc:
             if "timed out" in str(exc).lower():
                 raise ProbeError("timeout", f"body timeout after {self.timeout:g}s") from None
-            raise ProbeError("bad_response", "body cut off: " + _short(str(exc))) from None
+            raise ProbeError(
+                "bad_response", "body cut off: " + one_line(str(exc), _DETAIL_LIMIT)
+            ) from None
         finally:
             resp.close()
         if len(raw) > _MAX_BODY:
@@ -326,7 +334,7 @@ class OllamaClient:
                     raise ProbeError("bad_response", "/api/generate: chunk is not JSON") from None
                 if "error" in chunk:
                     # a mid-stream error arrives as 200 + {"error": ...}; its text is Ollama's own
-                    detail = _short(str(chunk["error"]))
+                    detail = one_line(str(chunk["error"]), _DETAIL_LIMIT)
                     raise ProbeError("bad_response", "/api/generate: " + detail)
                 if ttft is None and chunk.get("response"):
                     ttft = time.monotonic() - start
@@ -362,12 +370,9 @@ def _iter_lines(resp: requests.Response, deadline: float, budget: float) -> Iter
     except requests.exceptions.RequestException as exc:
         if "timed out" in str(exc).lower():
             raise ProbeError("timeout", f"timeout after {budget:g}s") from None
-        raise ProbeError("bad_response", "stream cut off: " + _short(str(exc))) from None
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        raise ProbeError(
+            "bad_response", "stream cut off: " + one_line(str(exc), _DETAIL_LIMIT)
+        ) from None
 
 
 def _error_detail(resp: requests.Response) -> str:
@@ -375,7 +380,7 @@ def _error_detail(resp: requests.Response) -> str:
     try:
         obj = json.loads(resp.content[:4096])
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-            return ": " + _short(obj["error"])
+            return ": " + one_line(obj["error"], _DETAIL_LIMIT)
     except Exception:  # the status code alone is the answer
         return ""
     return ""

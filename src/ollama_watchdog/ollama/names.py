@@ -85,9 +85,7 @@ class ModelName:
         elif len(parts) == 2:
             parts = [DEFAULT_HOST, *parts]
         if len(parts) != 3 or not all(parts) or not tag:
-            raise InvalidName(
-                f"invalid model name {text!r} (want [host/][namespace/]model[:tag])"
-            )
+            raise InvalidName(f"invalid model name {text!r} (want [host/][namespace/]model[:tag])")
         return cls(parts[0], parts[1], parts[2], tag)
 
     @classmethod
@@ -220,17 +218,24 @@ def read_model_blobs(models_dir: Path) -> dict[str, str]:
 
     A blob shared by several names (``ollama cp``) maps to the first name in sorted order, so
     the label is stable. Unreadable manifests are skipped: a name we cannot resolve is
-    ``unknown``, never an error.
+    ``unknown``, never an error. Only the weights layers are read, not the whole manifest
+    through :func:`parse_manifest`: Ollama runs a model whose config or other layers lack a
+    size, and the runner's log line still names that model's blob.
     """
     blobs: dict[str, str] = {}
+    manifests_dir = models_dir / "manifests"
     for path in manifest_paths(models_dir):
         try:
-            manifest = read_manifest(models_dir, path)
-        except (OSError, ValueError):
+            layers = json.loads(path.read_bytes())["layers"]
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        for layer in manifest.layers:
-            if layer.media_type == MODEL_MEDIA_TYPE:
-                blobs.setdefault(layer.hex, str(manifest.name))
+        name = str(ModelName.from_manifest_path(manifests_dir, path))
+        for layer in layers if isinstance(layers, list) else ():
+            if not isinstance(layer, dict) or layer.get("mediaType") != MODEL_MEDIA_TYPE:
+                continue
+            digest = layer.get("digest")
+            if isinstance(digest, str) and (m := DIGEST_RE.match(digest)):
+                blobs.setdefault(m.group(1), name)
     return blobs
 
 

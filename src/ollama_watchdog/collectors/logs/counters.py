@@ -1,0 +1,246 @@
+"""Events -> counters -> metric families: everything the logs collector counts.
+
+Fed a batch of lines at a time by a follower thread (:meth:`LogCounters.feed`), read by
+``collect()`` (:meth:`LogCounters.families`) from a copy taken under a lock held for
+microseconds. A new kind of log line is recognised in :mod:`ollama_watchdog.ollama.logparse`
+and counted here.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from ollama_watchdog.collectors.logs.model_names import ModelNames
+from ollama_watchdog.ollama.logparse import (
+    LEVELS,
+    RUNNER_ERROR_KINDS,
+    Event,
+    Message,
+    Request,
+    Timing,
+    parse_line,
+)
+
+#: request latency buckets (seconds): a HEAD / takes microseconds, a long generation minutes
+DURATION_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+_BUCKET_LABELS: Final = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
+
+#: model label value when the owner of a timing line cannot be known
+UNKNOWN_MODEL: Final = "unknown"
+#: the model label takes at most this many distinct names (plus ``unknown``)
+MAX_MODELS: Final = 64
+
+
+@dataclass
+class _RouteCounts:
+    """The requests of one (method, route): a count per status code, a latency histogram."""
+
+    codes: dict[int, int]
+    buckets: list[int]
+    total: float = 0.0
+
+
+@dataclass
+class _Tokens:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    completions: int = 0
+
+
+class LogCounters:
+    """Everything counted from the log; fed by a follower thread, read by ``collect()``.
+
+    The model of a timing line is the model of the runner started last, and ``unknown`` while
+    the scheduler reports more than one loaded runner (timing lines do not say which runner
+    wrote them, FACTS.md §2.7).
+    """
+
+    def __init__(self, models: ModelNames | None = None) -> None:
+        self._lock = threading.Lock()
+        self._models = models or ModelNames(None)
+        self.lines = 0
+        self.unparsed = 0
+        # (method, route) -> counts: one lookup per request line for both metrics
+        self._routes: dict[tuple[str, str], _RouteCounts] = {}
+        self._levels: dict[str, int] = dict.fromkeys(LEVELS, 0)
+        self._errors: dict[str, int] = dict.fromkeys(RUNNER_ERROR_KINDS, 0)
+        self._tokens: dict[str, _Tokens] = {}
+        # model tracking: touched by the follower thread only
+        self._runner_blob: str | None = None
+        self._loaded_runners = 0
+
+    def feed(self, lines: Iterable[str]) -> None:
+        """Parse and count a batch of lines (one lock acquisition per batch)."""
+        # Parse outside the lock, so collect() never waits for it. Most lines give no event
+        # (None) and are only counted.
+        parsed = list(map(parse_line, lines))
+        events = [event for event in parsed if event is not None]
+        with self._lock:
+            self.lines += len(parsed)
+            self._count(events)
+
+    def _count(self, events: list[Event]) -> None:
+        # One loop per batch with the counters bound to locals: this runs for every event.
+        routes, levels = self._routes, self._levels
+        tokens: _Tokens | None = None  # of the current model, looked up once per batch
+        for event in events:
+            if isinstance(event, Request):
+                method, route, code, seconds = event
+                counts = routes.get((method, route))
+                if counts is None:
+                    counts = routes[method, route] = _RouteCounts(
+                        {}, [0] * (len(DURATION_BUCKETS) + 1)
+                    )
+                counts.codes[code] = counts.codes.get(code, 0) + 1
+                counts.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+                counts.total += seconds
+            elif isinstance(event, Timing):
+                phase, seconds, count = event
+                if tokens is None:
+                    tokens = self._tokens_for(self._current_model())
+                if phase == "prompt":
+                    tokens.prompt_tokens += count
+                    tokens.prompt_seconds += seconds
+                elif phase == "eval":
+                    tokens.generated_tokens += count
+                    tokens.generation_seconds += seconds
+                else:
+                    tokens.completions += 1
+            elif isinstance(event, Message):
+                level, error_kind, runner_blob, loaded_runners, server_start = event
+                levels[level] += 1
+                if error_kind is not None:
+                    self._errors[error_kind] += 1
+                if runner_blob is not None:
+                    self._runner_blob = runner_blob
+                    tokens = None  # the model may have changed
+                if loaded_runners is not None:
+                    self._loaded_runners = loaded_runners
+                    tokens = None
+                if server_start:
+                    # a new server has no runners yet: whatever was live died with the old one
+                    self._runner_blob = None
+                    self._loaded_runners = 0
+                    tokens = None
+            else:  # Malformed
+                self.unparsed += 1
+
+    def _current_model(self) -> str:
+        if self._runner_blob is None or self._loaded_runners > 1:
+            return UNKNOWN_MODEL
+        # The manifests may be re-read here (rarely, on a miss): this runs on the follower
+        # thread, never on collect()'s.
+        return self._models.name_for(self._runner_blob) or UNKNOWN_MODEL
+
+    def _tokens_for(self, model: str) -> _Tokens:
+        tokens = self._tokens.get(model)
+        if tokens is None:
+            if len(self._tokens) >= MAX_MODELS and model != UNKNOWN_MODEL:
+                return self._tokens_for(UNKNOWN_MODEL)
+            tokens = self._tokens[model] = _Tokens()
+        return tokens
+
+    def families(self) -> list[Metric]:
+        """Complete metric families from a consistent copy of the counters."""
+        with self._lock:
+            lines, unparsed = self.lines, self.unparsed
+            routes = {
+                key: (dict(c.codes), list(c.buckets), c.total) for key, c in self._routes.items()
+            }
+            levels = dict(self._levels)
+            errors = dict(self._errors)
+            tokens = {m: _Tokens(**vars(t)) for m, t in self._tokens.items()}
+
+        req = CounterMetricFamily(
+            "ollama_http_requests",
+            "Requests Ollama logged (gin request log), by method, route and status code.",
+            labels=["method", "route", "code"],
+        )
+        for (method, route), (codes, _, _) in sorted(routes.items()):
+            for code, n in sorted((str(code), n) for code, n in codes.items()):
+                req.add_metric([method, route, code], n)
+        dur = HistogramMetricFamily(
+            "ollama_http_request_duration_seconds",
+            "Request latency as Ollama logged it (whole seconds above one minute).",
+            labels=["method", "route"],
+        )
+        for (method, route), (_, buckets, total) in sorted(routes.items()):
+            cumulative: list[tuple[str, float]] = []
+            running = 0
+            for le, n in zip(_BUCKET_LABELS, buckets, strict=True):
+                running += n
+                cumulative.append((le, float(running)))
+            dur.add_metric([method, route], cumulative, total)
+        lvl = CounterMetricFamily(
+            "ollama_log_messages", "Ollama server log messages by level.", labels=["level"]
+        )
+        for level in LEVELS:
+            lvl.add_metric([level], levels[level])
+        err = CounterMetricFamily(
+            "ollama_runner_errors",
+            "Model runner failures Ollama logged, by kind.",
+            labels=["kind"],
+        )
+        for kind in RUNNER_ERROR_KINDS:
+            err.add_metric([kind], errors[kind])
+
+        def per_model(name: str, doc: str, field: str) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=["model"])
+            for model, t in sorted(tokens.items()):
+                family.add_metric([model], getattr(t, field))
+            return family
+
+        return [
+            req,
+            dur,
+            lvl,
+            err,
+            per_model(
+                "ollama_log_prompt_tokens",
+                "Prompt tokens evaluated (llama-server timing lines; cache hits excluded).",
+                "prompt_tokens",
+            ),
+            per_model(
+                "ollama_log_generated_tokens",
+                "Tokens generated (llama-server timing lines).",
+                "generated_tokens",
+            ),
+            per_model(
+                "ollama_log_prompt_eval_seconds",
+                "Time spent evaluating prompts (llama-server timing lines).",
+                "prompt_seconds",
+            ),
+            per_model(
+                "ollama_log_generation_seconds",
+                "Time spent generating tokens (llama-server timing lines).",
+                "generation_seconds",
+            ),
+            per_model(
+                "ollama_log_timed_completions",
+                "Completions that ended normally and printed a timing block.",
+                "completions",
+            ),
+            CounterMetricFamily("ollama_watchdog_log_lines", "Ollama log lines read.", value=lines),
+            CounterMetricFamily(
+                "ollama_watchdog_log_lines_unparsed",
+                "Lines with a gin or slog marker that did not parse (Ollama's format moved).",
+                value=unparsed,
+            ),
+        ]
+
+
+__all__ = ["DURATION_BUCKETS", "MAX_MODELS", "UNKNOWN_MODEL", "LogCounters"]
