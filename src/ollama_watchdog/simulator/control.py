@@ -1,4 +1,6 @@
-"""The control endpoint: switch faults at run time (``GET``/``POST /fault``).
+"""The control endpoint: switch faults at run time (``GET``/``POST /fault``), and see the
+runners (``GET /runners``: live runner pids, ports and argv, and per model the sums of what
+real llama-server runners returned: ``completions``, ``cache_n``, ``prompt_n``, ``predicted_n``).
 
 It listens on its own port so that it keeps answering while the API port hangs. It writes
 nothing to the logs: those carry Ollama's formats only.
@@ -34,8 +36,12 @@ class ControlHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] != "/fault":
-            self._reply(404, {"error": "unknown path; use /fault"})
+        path = self.path.split("?")[0]
+        if path == "/runners":
+            self._reply(200, self.server.describe())
+            return
+        if path != "/fault":
+            self._reply(404, {"error": "unknown path; use /fault or /runners"})
             return
         self._reply(200, self.server.faults.current.as_json())
 
@@ -74,9 +80,11 @@ class ControlServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], faults: FaultState,
-                 on_fault: Callable[[Fault], None], family: int) -> None:
+                 on_fault: Callable[[Fault], None], family: int,
+                 describe: Callable[[], object] = dict) -> None:
         self.address_family = family
         self.faults = faults
+        self.describe = describe
         self.on_fault = on_fault
         super().__init__(address, ControlHandler)
 

@@ -5,15 +5,25 @@ Each one finds the model, has the scheduler load it (or refuse: ``oom``, a dead 
 ``runner_crash`` fault), produces filler tokens or a deterministic vector, writes the
 era's completion log lines (llama-server timings, the abort and runner-stopped lines) and
 releases the model with the request's keep_alive.
+
+With a real llama-server behind a loaded model, generate and chat are passed to it
+(``/completion`` and ``/v1/chat/completions``, see ``llamaserver``): the tokens, the timing lines
+and the counts in the answer are the runner's own, nothing is made up here. A runner that dies
+mid-request is reported as Ollama reports it (FACTS.md §2.5): the ``completion error`` line,
+a 500 (or an ``error`` object in a stream already begun) and, once reaped, ``llama-server
+terminated``; the next request loads the model again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
 from typing import Any
 
 from ollama_watchdog.simulator.catalog import Model
 from ollama_watchdog.simulator.instance import Simulator
+from ollama_watchdog.simulator.llamaserver import Completion, RunnerClient, RunnerGone
 from ollama_watchdog.simulator.logformat import format_timing_lines, go_quote, utc_now_rfc3339_nano
 from ollama_watchdog.simulator.protocol import (
     KNOWN_OPTIONS,
@@ -168,10 +178,116 @@ def _run(http: GoHandler, sim: Simulator, req: dict[str, Any], *, chat: bool) ->
         http.answer_single(done, stream)
         return
     try:
-        _run_completion(http, sim, entry, head, prompt_text, options, stream, chat=chat,
-                        started=started, loaded_ns=loaded_ns)
+        if entry.runner.real:
+            _run_real_completion(http, sim, entry, head, req, options, stream, chat=chat,
+                                 started=started, loaded_ns=loaded_ns)
+        else:
+            _run_completion(http, sim, entry, head, prompt_text, options, stream, chat=chat,
+                            started=started, loaded_ns=loaded_ns)
     finally:
         sim.scheduler.release(entry, keep_alive)
+
+
+#: request options passed through to llama-server under the same name
+_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "seed", "stop", "repeat_penalty",
+             "repeat_last_n", "presence_penalty", "frequency_penalty")
+
+
+def _runner_request(req: dict[str, Any], options: dict[str, Any], default_tokens: int, *,
+                    chat: bool) -> dict[str, Any]:
+    """The llama-server request body for an Ollama generate/chat request."""
+    limit = options.get("num_predict")
+    # A random-weight model rarely ends on EOS: without num_predict the simulator's --tokens
+    # bounds the answer, as it does for the stand-in runner.
+    n_predict = int(limit) if isinstance(limit, int | float) and limit >= 0 else default_tokens
+    body: dict[str, Any] = {key: options[key] for key in _SAMPLING if key in options}
+    if chat:
+        messages = [{"role": str(m.get("role") or "user"), "content": str(m.get("content") or "")}
+                    for m in req.get("messages") or [] if isinstance(m, dict)]
+        body.update(messages=messages, max_tokens=n_predict)
+    else:
+        body.update(prompt=str(req.get("prompt") or ""), n_predict=n_predict)
+    return body
+
+
+def _run_real_completion(http: GoHandler, sim: Simulator, entry: LoadedModel,
+                         head: dict[str, object], req: dict[str, Any],
+                         options: dict[str, Any], stream: bool, *, chat: bool, started: int,
+                         loaded_ns: int) -> None:
+    """Generate/chat through the model's real llama-server."""
+    client = RunnerClient(entry.runner.port)
+    body = _runner_request(req, options, sim.settings.default_tokens, chat=chat)
+    if stream:
+        # Ollama answers 200 at once and reports a later failure inside the stream.
+        http.stream_start()
+
+    def on_piece(piece: str) -> None:
+        http.stream_write(_chunk(head, piece, chat=chat))
+
+    try:
+        if chat:
+            result = client.chat(body, on_piece if stream else None)
+        else:
+            result = client.complete(body, on_piece if stream else None)
+    except (BrokenPipeError, ConnectionResetError):
+        # Dropping the runner connection cancels its task: it prints no timing block.
+        client.close()
+        sim.sink.slog("INFO", _SRC_ABORT,
+                      "aborting completion request due to client closing the connection")
+        raise
+    except RunnerGone as gone:
+        client.close()
+        path = "/v1/chat/completions" if chat else "/completion"
+        _runner_failed(sim, entry, f'Post "http://127.0.0.1:{entry.runner.port}{path}":'
+                                   f" {gone}", chat=chat)
+        if not stream:
+            raise ApiError(500, MSG_RUNNER_STOPPED) from None
+        http.stream_write({"error": MSG_RUNNER_STOPPED})
+        http.stream_end()
+        return
+    finally:
+        client.close()
+    sim.scheduler.record(entry.model.name, result.cache_n, result.prompt_n, result.predicted_n)
+    final = _final(head, result, chat=chat, stream=stream, started=started, loaded_ns=loaded_ns)
+    if stream:
+        http.stream_write(final)
+        http.stream_end()
+    else:
+        http.send_json(200, final)
+
+
+def _runner_failed(sim: Simulator, entry: LoadedModel, error: str, *, chat: bool) -> None:
+    """The runner broke off a request: Ollama's ERROR line; a dead runner is reaped and
+    forgotten, so the next request loads the model again."""
+    msg = "llama-server chat error" if chat else "llama-server completion error"
+    sim.sink.slog("ERROR", _SRC_COMPLETION_ERROR[ERA_LLAMA_SERVER], msg, ("error", error))
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        entry.runner.process.wait(5.0)
+    if not entry.runner.alive():
+        sim.scheduler.reap(entry)
+        sim.scheduler.forget(entry)
+
+
+def _final(head: dict[str, object], result: Completion, *, chat: bool, stream: bool,
+           started: int, loaded_ns: int) -> dict[str, object]:
+    """The last object of an answer (``done: true``), with the runner's counts."""
+    final: dict[str, object] = dict(head, created_at=utc_now_rfc3339_nano(time.time_ns()))
+    text = "" if stream else result.text
+    if chat:
+        final.update(message={"role": "assistant", "content": text},
+                     done_reason=result.done_reason, done=True)
+    else:
+        final.update(response=text, done=True, done_reason=result.done_reason)
+    metrics = {
+        "total_duration": time.monotonic_ns() - started,
+        "load_duration": loaded_ns - started,
+        "prompt_eval_count": result.prompt_eval_count,
+        "prompt_eval_duration": result.prompt_eval_duration,
+        "eval_count": result.eval_count,
+        "eval_duration": result.eval_duration,
+    }
+    final.update({key: value for key, value in metrics.items() if value})  # omitempty
+    return final
 
 
 def _run_completion(http: GoHandler, sim: Simulator, entry: LoadedModel,

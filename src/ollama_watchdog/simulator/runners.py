@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ollama_watchdog.simulator.llamaserver import OutputPump, wait_healthy
+from ollama_watchdog.simulator.logsink import LogSink
+
 #: Environment variable that tells a runner child to fail its load like a real OOM does.
 FAIL_ENV = "OLLAMA_SIM_RUNNER_FAIL"
 
@@ -129,6 +132,17 @@ class RunnerProcess:
     process: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
     expected_exit: bool = False
+    #: set for a real llama-server: its output goes to the log as it comes (not at exit)
+    pump: OutputPump | None = None
+
+    @property
+    def real(self) -> bool:
+        return self.pump is not None
+
+    @property
+    def last_error(self) -> str:
+        """The real runner's last error line (Ollama's status writer); "" for stand-ins."""
+        return self.pump.last_error if self.pump is not None else ""
 
     @property
     def pid(self) -> int:
@@ -138,7 +152,10 @@ class RunnerProcess:
         return self.process.poll() is None
 
     def wait_ready(self, timeout: float) -> bool:
-        """True once the child said ``ready``; False if it exited or the deadline passed."""
+        """True once the child is ready (a stand-in said ``ready``, llama-server's ``/health``
+        answers 200); False if it exited or the deadline passed."""
+        if self.pump is not None:
+            return wait_healthy(self.port, self.alive, timeout)
         stdout = self.process.stdout
         assert stdout is not None
         deadline = time.monotonic() + timeout
@@ -151,7 +168,11 @@ class RunnerProcess:
         return False
 
     def stderr_text(self, timeout: float = 5.0) -> str:
-        """What the child wrote to stderr; only call once it has exited."""
+        """What the child wrote to stderr; only call once it has exited. A real runner's output
+        was forwarded as it came: this waits until all of it is, and returns ""."""
+        if self.pump is not None:
+            self.pump.join(timeout)
+            return ""
         stderr = self.process.stderr
         assert stderr is not None
         chunks: list[bytes] = []
@@ -169,9 +190,10 @@ class RunnerProcess:
         return b"".join(chunks).decode("utf-8", "replace")
 
     def crash(self, timeout: float = 5.0) -> None:
-        """Make the child die like a crashed runner (exit status 2 after an assert message)."""
+        """Make the child die like a crashed runner: a stand-in exits 2 after an assert message,
+        a real llama-server gets SIGSEGV (it prints nothing more and dies, FACTS.md §8)."""
         if self.alive():
-            self.process.send_signal(signal.SIGUSR1)
+            self.process.send_signal(signal.SIGSEGV if self.real else signal.SIGUSR1)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -188,6 +210,8 @@ class RunnerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        if self.pump is not None:
+            self.pump.join(timeout)
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()
@@ -214,3 +238,21 @@ def spawn_runner(argv: list[str], port: int, *, fail: str = "") -> RunnerProcess
             close_fds=True,
         )
     return RunnerProcess(argv=tuple(argv), port=port, process=process)
+
+
+def spawn_llama_server(argv: list[str], port: int, sink: LogSink) -> RunnerProcess:
+    """Start a real llama-server; its stdout and stderr go, merged and verbatim, to the log."""
+    env = dict(os.environ)
+    env.pop(FAIL_ENV, None)
+    with _spawn_lock:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            close_fds=True,
+        )
+    assert process.stdout is not None
+    pump = OutputPump(process.stdout, sink, f"runner-output-{process.pid}")
+    return RunnerProcess(argv=tuple(argv), port=port, process=process, pump=pump)

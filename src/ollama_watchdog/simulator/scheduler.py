@@ -2,6 +2,10 @@
 
 Writes the model-load log lines of the chosen era (FACTS.md §2.5). A background reaper thread
 notices a runner that died on its own (logs it like Ollama does) and unloads expired models.
+
+With a real ``llama-server`` (``RealRunner``) each load starts that program with Ollama's flags
+(FACTS.md §2.5, §2.7); its output reaches the log verbatim as it comes, and a failed load is
+reported with the runner's last error line, as Ollama's status writer picks it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ollama_watchdog.simulator.runners import (
     RunnerProcess,
     exit_description,
     free_port,
+    spawn_llama_server,
     spawn_runner,
 )
 
@@ -46,6 +51,27 @@ SRC_TOO_LARGE = "server.go:540"
 SRC_LOAD_FAILED = "sched.go:450"
 
 _READY_TIMEOUT = 20.0
+#: a context no host has memory for: the ``oom`` fault's real out-of-memory with a real runner
+OOM_CONTEXT = 100_000_000
+
+
+@dataclass(frozen=True)
+class RealRunner:
+    """A real llama.cpp ``llama-server`` to run loaded models with (instead of the stand-in)."""
+
+    path: Path
+    gpu_layers: int | None = None  # ``-ngl``; None leaves llama-server's default
+    load_timeout: float = 300.0  # OLLAMA_LOAD_TIMEOUT's default is 5m
+
+
+@dataclass
+class RunnerTotals:
+    """What the real runners of one model returned, summed (the control endpoint shows it)."""
+
+    completions: int = 0
+    cache_n: int = 0
+    prompt_n: int = 0
+    predicted_n: int = 0
 
 
 class LoadError(Exception):
@@ -109,8 +135,10 @@ class Scheduler:
     """Starts, tracks and stops runner children."""
 
     def __init__(self, sink: LogSink, era: str, llama_server: Path, go_runner: Path,
-                 default_context: int) -> None:
+                 default_context: int, real: RealRunner | None = None) -> None:
         self._sink = sink
+        self.real = real
+        self._totals: dict[str, RunnerTotals] = {}
         self._era = era
         self._llama_server = llama_server
         self._go_runner = go_runner
@@ -135,6 +163,24 @@ class Scheduler:
     def runners(self) -> list[RunnerProcess]:
         with self._lock:
             return [e.runner for e in self._loaded.values()]
+
+    def record(self, model: str, cache_n: int, prompt_n: int, predicted_n: int) -> None:
+        """Add one real completion's figures to the model's totals."""
+        with self._lock:
+            totals = self._totals.setdefault(model, RunnerTotals())
+            totals.completions += 1
+            totals.cache_n += cache_n
+            totals.prompt_n += prompt_n
+            totals.predicted_n += predicted_n
+
+    def describe(self) -> dict[str, object]:
+        """The live runners (pid, port, argv) and the per-model totals, for the control port."""
+        with self._lock:
+            live = [{"model": e.model.name, "pid": e.runner.pid, "port": e.runner.port,
+                     "argv": list(e.runner.argv), "alive": e.runner.alive()}
+                    for e in self._loaded.values()]
+            totals = {name: vars(t).copy() for name, t in self._totals.items()}
+        return {"runners": live, "totals": totals}
 
     # -- load / release ----------------------------------------------------------------------
 
@@ -189,12 +235,20 @@ class Scheduler:
             self._sink.slog("INFO", SRC_START[self._era], "starting runner",
                             ("cmd", " ".join(argv)))
         else:
-            argv = [str(self._llama_server), "--model", blob, "--port", str(port),
+            real = self.real
+            program = real.path if real is not None else self._llama_server
+            if real is not None and oom:
+                context = OOM_CONTEXT
+            argv = [str(program), "--model", blob, "--port", str(port),
                     "--host", "127.0.0.1", "--no-webui", "--offline", "-c", str(context),
-                    "-np", "1", "--log-verbosity", "4", "--no-log-prefix",
-                    "--no-log-timestamps"]
+                    "-np", "1"]
+            if real is not None and real.gpu_layers is not None:
+                argv += ["-ngl", str(real.gpu_layers)]
+            argv += ["--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps"]
             self._sink.slog("INFO", SRC_START[self._era], "starting llama-server",
                             ("cmd", " ".join(argv)))
+        if self._era == ERA_LLAMA_SERVER and self.real is not None:
+            return self._load_real(model, argv, port, context)
         runner = spawn_runner(argv, port, fail="oom" if oom else "")
         if self._era == ERA_LLAMA_SERVER:
             self._sink.slog("INFO", SRC_LOADING, "loading model via llama-server", ("model", blob))
@@ -215,6 +269,31 @@ class Scheduler:
                             ("error", message))
             raise LoadError(message)
         return LoadedModel(model=model, runner=runner, context_length=context)
+
+    def _load_real(self, model: Model, argv: list[str], port: int,
+                   context: int) -> LoadedModel:
+        """Start a real llama-server and wait for its ``/health``, as Ollama does."""
+        assert self.real is not None
+        runner = spawn_llama_server(argv, port, self._sink)
+        self._sink.slog("INFO", SRC_LOADING, "loading model via llama-server",
+                        ("model", str(model.blob_path)))
+        if runner.wait_ready(self.real.load_timeout):
+            return LoadedModel(model=model, runner=runner, context_length=context)
+        if runner.alive():
+            runner.stop()
+            message = "timed out waiting for llama-server to start"
+            if runner.last_error:
+                message += f" - {runner.last_error}"
+        else:
+            runner.stop()  # reaps it and forwards the rest of its output first
+            code = runner.process.returncode
+            message = ("llama-server process has terminated: "
+                       + exit_description(code if code is not None else -9))
+            if runner.last_error:
+                message += f": {runner.last_error}"
+        self._sink.slog("ERROR", SRC_LOAD_ERROR, "error loading llama server",
+                        ("error", message))
+        raise LoadError(message)
 
     def _refuse_for_memory(self, model: Model, total: int, available: int, swap: int) -> None:
         """Go-runner era OOM: the scheduler refuses before starting anything (real-logs [31])."""
@@ -258,7 +337,7 @@ class Scheduler:
     def crash_runner(self, entry: LoadedModel) -> None:
         """Kill a runner like a runtime crash, and log it as Ollama would."""
         entry.runner.crash()
-        self._reap(entry)
+        self.reap(entry)
 
     def crash_all(self) -> None:
         with self._lock:
@@ -275,7 +354,7 @@ class Scheduler:
 
     # -- background --------------------------------------------------------------------------
 
-    def _reap(self, entry: LoadedModel) -> None:
+    def reap(self, entry: LoadedModel) -> None:
         """Log a runner's unexpected death once (its stderr, then Ollama's ERROR line)."""
         with entry.reap_lock:
             if entry.reaped or entry.runner.expected_exit:
@@ -302,7 +381,7 @@ class Scheduler:
                 if entry.runner.expected_exit:
                     continue
                 if not entry.runner.alive():
-                    self._reap(entry)
+                    self.reap(entry)
                 elif entry.active == 0 and now >= entry.expires_at:
                     self.unload(entry)
 

@@ -23,6 +23,7 @@ from ollama_watchdog.simulator.catalog import Catalog, count_blobs, read_store, 
 from ollama_watchdog.simulator.control import ControlServer, serve_in_thread
 from ollama_watchdog.simulator.faults import FAULTS, Fault, FaultState
 from ollama_watchdog.simulator.instance import SimSettings, Simulator
+from ollama_watchdog.simulator.llamamodel import install_model
 from ollama_watchdog.simulator.logformat import format_go_duration, human_bytes2
 from ollama_watchdog.simulator.logsink import LogSink
 from ollama_watchdog.simulator.protocol import KeepAliveError, parse_keep_alive
@@ -32,6 +33,7 @@ from ollama_watchdog.simulator.scheduler import (
     ERA_GO_RUNNER,
     ERA_LLAMA_SERVER,
     ERAS,
+    RealRunner,
     Scheduler,
     host_memory,
 )
@@ -88,9 +90,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time per generated token (default %(default)s)")
     parser.add_argument("--tokens", type=int, default=12, metavar="N",
                         help="tokens per completion without num_predict (default %(default)s)")
+    parser.add_argument("--llama-server", type=Path, default=None, metavar="PATH",
+                        help="run loaded models with this real llama.cpp llama-server (the"
+                             " v0.30+ runner; scripts/build-llama-server.sh builds one)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=FILE.gguf",
+                        help="install FILE.gguf in the store as model NAME (repeatable);"
+                             " replaces the fake models")
+    parser.add_argument("--gpu-layers", type=int, default=None, metavar="N",
+                        help="llama-server's -ngl for real runners (e.g. 999 on a GPU)")
     parser.add_argument("--keep-alive", default=os.environ.get("OLLAMA_KEEP_ALIVE", "5m"),
                         metavar="DURATION",
                         help="default keep_alive (default: $OLLAMA_KEEP_ALIVE or 5m)")
+
+
+def _model_argument(text: str) -> tuple[str, Path]:
+    """``NAME=FILE.gguf`` → (name, path)."""
+    name, sep, file = text.partition("=")
+    if not sep or not name or not file:
+        raise ValueError(f"--model {text!r}: want NAME=FILE.gguf")
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"--model {text!r}: {file} is not a file")
+    return name, path
 
 
 def parse_address(text: str) -> tuple[str, int, int]:
@@ -188,6 +209,22 @@ def main(args: argparse.Namespace) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 2
     era: str = args.era
+    real: RealRunner | None = None
+    if args.llama_server is not None:
+        if era != ERA_LLAMA_SERVER:
+            print("Error: --llama-server runs the v0.30+ era: drop --era go-runner",
+                  file=sys.stderr)
+            return 2
+        if not os.access(args.llama_server, os.X_OK):
+            print(f"Error: --llama-server {args.llama_server}: not an executable file;"
+                  " build one with scripts/build-llama-server.sh", file=sys.stderr)
+            return 2
+        real = RealRunner(args.llama_server.resolve(), args.gpu_layers)
+    try:
+        extra_models = [_model_argument(text) for text in args.model]
+    except ValueError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
     settings = SimSettings(
         version=args.ollama_version or DEFAULT_VERSION[era], era=era,
         timing_form=args.timing_form, token_delay=max(args.token_delay, 0.0),
@@ -216,10 +253,17 @@ def main(args: argparse.Namespace) -> int:
 
     models_dir = args.models_dir if args.models_dir else work_dir / "models"
     if not args.models_dir:
-        write_fake_store(models_dir, max(args.models, 0))
+        write_fake_store(models_dir, 0 if extra_models else max(args.models, 0))
+    for name, gguf in extra_models:
+        try:
+            install_model(models_dir, name, gguf)
+        except (OSError, ValueError) as error:
+            print(f"Error: --model {name}={gguf}: {error}", file=sys.stderr)
+            cleanup_work_dir()
+            return 2
     models = read_store(models_dir)
     llama_server, go_runner = install_runner_scripts(work_dir)
-    scheduler = Scheduler(sink, era, llama_server, go_runner, _default_context())
+    scheduler = Scheduler(sink, era, llama_server, go_runner, _default_context(), real)
     scheduler_box.append(scheduler)
     sim = Simulator(settings, models_dir, Catalog(models), scheduler, faults, sink)
     try:
@@ -244,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
     control: ControlServer | None = None
     if control_addr is not None:
         chost, cport, cfamily = control_addr
-        control = ControlServer((chost, cport), faults, on_fault, cfamily)
+        control = ControlServer((chost, cport), faults, on_fault, cfamily, scheduler.describe)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
