@@ -23,7 +23,6 @@ from ollama_watchdog.simulator.catalog import Catalog, count_blobs, read_store, 
 from ollama_watchdog.simulator.control import ControlServer, serve_in_thread
 from ollama_watchdog.simulator.faults import FAULTS, Fault, FaultState
 from ollama_watchdog.simulator.instance import SimSettings, Simulator
-from ollama_watchdog.simulator.llamamodel import install_model
 from ollama_watchdog.simulator.logformat import format_go_duration, human_bytes2
 from ollama_watchdog.simulator.logsink import LogSink
 from ollama_watchdog.simulator.protocol import KeepAliveError, parse_keep_alive
@@ -254,6 +253,10 @@ def main(args: argparse.Namespace) -> int:
     models_dir = args.models_dir if args.models_dir else work_dir / "models"
     if not args.models_dir:
         write_fake_store(models_dir, 0 if extra_models else max(args.models, 0))
+    if extra_models:
+        # here, not at the top: ``python -m ollama_watchdog.simulator.llamamodel`` imports
+        # this package first, and must find that module not yet imported
+        from ollama_watchdog.simulator.llamamodel import install_model
     for name, gguf in extra_models:
         try:
             install_model(models_dir, name, gguf)
