@@ -15,7 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ollama_watchdog.ollama.logparse import Malformed, Message, Request, Timing, parse_line
+from ollama_watchdog.ollama.logparse import (
+    Malformed,
+    Message,
+    Request,
+    Timing,
+    parse_line,
+    reset_stream,
+)
 from ollama_watchdog.ollama.routes import METHODS, ROUTES, route_label
 from ollama_watchdog.simulator.logformat import (
     format_gin_line,
@@ -24,6 +31,14 @@ from ollama_watchdog.simulator.logformat import (
 )
 
 WHEN = datetime(2026, 8, 1, 12, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stream() -> None:
+    """Each test starts a log of its own: no runner fault of an earlier test is in progress."""
+    reset_stream()
+
+
 PATHS = sorted(r.template.replace(":", "x") for r in ROUTES)
 
 
