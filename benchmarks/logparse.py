@@ -4,7 +4,8 @@ Not a test. Run: ``.venv/bin/python benchmarks/logparse.py [--lines 1000000]`` (
 ``pip install ollama-mtop`` for the peer column; it is not a dependency of ours).
 
 1. Parser lines/s on a realistic mix (below), ours (``parse_line``: requests, slog levels and
-   runner errors, token timings) next to ollama-mtop's ``strip_ansi`` + ``split_line`` +
+   runner errors, the runner's own failure lines, token timings) next to ollama-mtop's
+   ``strip_ansi`` + ``split_line`` +
    ``parse_gin`` (requests only), same lines, same process, best of 3. Two ways:
    *consumed*: each result is dropped once made, as both tools use their parser (our
    collector counts a batch of events and drops them); *kept*: all results kept in one list
@@ -18,9 +19,13 @@ Not a test. Run: ``.venv/bin/python benchmarks/logparse.py [--lines 1000000]`` (
 5. The whole daemon (``ollama-watchdog run``, its own process, default 10 s probes against the
    simulator, logs from a file) at rest and then while the writer appends 1 000 lines/s:
    its CPU from /proc, all threads.
-6. With ``--per-kind``, only this: ns per line for each kind of line, ours and the peer's
+6. With ``--baseline SRC``, only this: another copy of the parser (``SRC``: a logparse.py or
+   a ``src`` tree, e.g. ``git archive <commit> src`` unpacked), ours and the peer timed turn
+   about in one process, round after round, on gin lines and on the mix; the ratios are per
+   round (median, and best against best), so a busy neighbour slows all three alike.
+7. With ``--per-kind``, only this: ns per line for each kind of line, ours and the peer's
    (where the time goes).
-7. With ``--journald``, only this: the journald pipeline on real parts. Debian's
+8. With ``--journald``, only this: the journald pipeline on real parts. Debian's
    ``systemd-journal-remote`` writes the mix (200 000 lines) into a journal file as entries of
    ``ollama.service``'s stdout, with the fields journald gives such an entry; our
    ``LogsCollector("journald")`` follows it through the real ``journalctl -D`` from a cursor
@@ -171,6 +176,85 @@ def per_kind(n: int = 300_000, runs: int = 5) -> None:
         peer_ns = best_of(peer_fn, runs) / len(some) * 1e9 if peer_fn else float("nan")
         share = 100 * len(some) / len(lines)
         print(f"| {name} | {share:.0f} % | {ours_ns:.0f} | {peer_ns:.0f} |")
+
+
+def _parse_line_from(path: Path) -> Callable[[str], object]:
+    """``parse_line`` of another copy of logparse.py (a file, or a ``src`` tree holding one)."""
+    import importlib.util
+
+    if path.is_dir():
+        path = path / "ollama_watchdog" / "ollama" / "logparse.py"
+    spec = importlib.util.spec_from_file_location("baseline_logparse", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass-free NamedTuples still want a module
+    spec.loader.exec_module(module)
+    fn: Callable[[str], object] = module.parse_line
+    return fn
+
+
+def interleaved(baseline: Path, n: int, rounds: int) -> None:
+    """Baseline, ours and the peer on the same lines, turn about in one process.
+
+    On a shared machine the load changes within minutes; runs of the script minutes apart
+    differ by more than a parser change. Here each round times all three back to back, and
+    the ratios are taken per round (median and best over the rounds).
+    """
+    import statistics
+
+    before = _parse_line_from(baseline)
+    lines = mix(n)
+    sets = {"gin lines only": [x for x in lines if "[GIN] " in x], "realistic mix": lines}
+    peer_parse = _peer_parse()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}; "
+          f"baseline {baseline}; {rounds} rounds")  # fmt: skip
+    print("\n| lines, results | baseline (lines/s) | ours (lines/s) | ollama-mtop (lines/s) "
+          "| baseline / peer | ours / peer | ours / baseline |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for keep in (False, True):
+        for name, some in sets.items():
+            fns = {"before": before, "ours": parse_line, "peer": peer_parse}
+            rates: dict[str, list[float]] = {k: [] for k in fns}
+            for _ in range(rounds):
+                for key, fn in fns.items():
+                    if fn is None:
+                        continue
+                    t0 = time.perf_counter()
+                    if keep:
+                        kept = [fn(x) for x in some]
+                        del kept
+                    else:
+                        for x in some:
+                            fn(x)
+                    rates[key].append(len(some) / (time.perf_counter() - t0))
+            med = {k: statistics.median(v) for k, v in rates.items() if v}
+
+            def ratio(a: str, b: str, rates: dict[str, list[float]] = rates) -> str:
+                if not rates[a] or not rates[b]:
+                    return "-"
+                per_round = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
+                best = max(rates[a]) / max(rates[b])
+                return f"{statistics.median(per_round):.2f}x (best {best:.2f}x)"
+
+            peer_col = f"{med['peer']:,.0f}" if "peer" in med else "(not installed)"
+            print(f"| {name}, {'kept in a list' if keep else 'consumed'} ({len(some)}) "
+                  f"| {med['before']:,.0f} | {med['ours']:,.0f} | {peer_col} "
+                  f"| {ratio('before', 'peer')} | {ratio('ours', 'peer')} "
+                  f"| {ratio('ours', 'before')} |")  # fmt: skip
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def _peer_parse() -> Callable[[str], object] | None:
+    try:
+        from mtop.logs import parse_gin, split_line, strip_ansi
+    except ImportError:
+        return None
+
+    def parse(x: str) -> object:
+        return parse_gin(split_line(strip_ansi(x))[1])
+
+    return parse
 
 
 JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
@@ -381,7 +465,17 @@ def main() -> None:
     ap.add_argument(
         "--journald", action="store_true", help="only the journald pipeline (real journalctl)"
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="only this: another logparse.py (or a src tree) against ours and the peer, "
+        "interleaved in one process",
+    )
+    ap.add_argument("--rounds", type=int, default=9, help="rounds for --baseline")
     args = ap.parse_args()
+    if args.baseline:
+        interleaved(args.baseline, min(args.lines, 300_000), args.rounds)
+        return
     if args.per_kind:
         per_kind()
         return
