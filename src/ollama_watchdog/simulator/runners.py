@@ -220,8 +220,8 @@ class RunnerProcess:
 _spawn_lock = threading.Lock()
 
 
-def spawn_runner(argv: list[str], port: int, *, fail: str = "") -> RunnerProcess:
-    """Start a runner child with pipes on all three streams."""
+def _spawn(argv: list[str], *, fail: str, stdin: int, stderr: int) -> subprocess.Popen[bytes]:
+    """Start a runner child (stdout piped); ``fail`` tells a stand-in to fail its load."""
     env = dict(os.environ)
     env.pop(FAIL_ENV, None)
     if fail:
@@ -229,30 +229,19 @@ def spawn_runner(argv: list[str], port: int, *, fail: str = "") -> RunnerProcess
     # One spawn at a time: a pipe end created by a concurrent spawn must not leak into this
     # child (close_fds covers it, but keeping spawns serial also keeps start order in the log).
     with _spawn_lock:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
+        return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr,
+                                env=env, close_fds=True)
+
+
+def spawn_runner(argv: list[str], port: int, *, fail: str = "") -> RunnerProcess:
+    """Start a runner stand-in with pipes on all three streams."""
+    process = _spawn(argv, fail=fail, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     return RunnerProcess(argv=tuple(argv), port=port, process=process)
 
 
 def spawn_llama_server(argv: list[str], port: int, sink: LogSink) -> RunnerProcess:
     """Start a real llama-server; its stdout and stderr go, merged and verbatim, to the log."""
-    env = dict(os.environ)
-    env.pop(FAIL_ENV, None)
-    with _spawn_lock:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            close_fds=True,
-        )
+    process = _spawn(argv, fail="", stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     assert process.stdout is not None
     pump = OutputPump(process.stdout, sink, f"runner-output-{process.pid}")
     return RunnerProcess(argv=tuple(argv), port=port, process=process, pump=pump)
