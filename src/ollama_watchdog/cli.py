@@ -1,4 +1,4 @@
-"""Command line: ``ollama-watchdog run|check|doctor|models|simulate|demo``.
+"""Command line: ``ollama-watchdog run|check|doctor|models|maintenance|simulate|demo``.
 
 Configuration problems exit with 78 (EX_CONFIG) and one line on stderr that names the key and the
 fix, before anything is started.
@@ -27,7 +27,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ollama_watchdog import simulator
-    from ollama_watchdog.commands import check, doctor, models
+    from ollama_watchdog.commands import check, doctor, maintenance, models
 
     parser = argparse.ArgumentParser(
         prog="ollama-watchdog",
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="verify, back up or restore Ollama's model store")
     _add_config(p)
     models.add_arguments(p)
+
+    p = sub.add_parser(
+        "maintenance", help="on [--for D] [--reason T] | off | status: hands off Ollama"
+    )
+    _add_config(p)
+    maintenance.add_arguments(p)
 
     p = sub.add_parser("simulate", help="run the Ollama simulator (a test double of Ollama)")
     simulator.add_arguments(p)
@@ -84,11 +90,33 @@ def _load(args: argparse.Namespace) -> Config:
         raise SystemExit(EX_CONFIG) from None
 
 
+def _deep_model_refusal(config: Config) -> str | None:
+    """An embedding-only ``deep_model`` is a config error, when Ollama can tell us now; if it
+    cannot (down at start), the deep probe checks on first contact and disables itself."""
+    if not config.probe.deep_model:
+        return None
+    from ollama_watchdog.collectors.probe import generation_refusal
+    from ollama_watchdog.ollama.api import OllamaClient, ProbeError
+
+    client = OllamaClient(config.ollama.url, min(config.ollama.timeout, 3.0))
+    try:
+        caps = client.capabilities(config.probe.deep_model)
+    except ProbeError:
+        return None
+    finally:
+        client.close()
+    return generation_refusal(config.probe.deep_model, caps)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ollama_watchdog.daemon import Daemon
     from ollama_watchdog.logging import configure_logging
 
     config = _load(args)
+    refusal = _deep_model_refusal(config)
+    if refusal is not None:
+        print(f"ollama-watchdog: config error: {refusal}", file=sys.stderr)
+        return EX_CONFIG
     configure_logging()
     daemon = Daemon(config, args.config, dry_run=args.dry_run)
     try:
@@ -139,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ollama_watchdog.commands import models
 
         return models.main(args, config)
+    if args.command == "maintenance":
+        from ollama_watchdog.commands import maintenance
+
+        return maintenance.main(args, config)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -97,6 +97,44 @@ class GpuConfig:
 
 
 @dataclass(frozen=True)
+class HealingConfig:
+    """``[healing]``: what the watchdog may do besides restarting the server, and when.
+
+    Defaults, and why (config.example.toml says the same to operators):
+
+    * ``ladder``: a wedged runner (deep probe failing, liveness passing, no progress) is mended
+      by unloading its model, then killing its runner, and only then restarting the server —
+      a restart drops every stream and pays a cold load of every model.
+    * ``orphan_runners``: a runner whose parent is not the current server serves nobody and holds
+      memory; killed after ``orphan_grace`` (a runner outlives its server by a few seconds at
+      most in a clean restart).
+    * ``cpu_fallback``: GPUs present but a loaded model on CPU is the classic GPU-discovery
+      failure one restart fixes; at most once per ``cause_cooldown`` (a model put on CPU on
+      purpose — ``num_gpu 0`` — is then left alone), and only when idle.
+    * ``vram_not_released``: GPU memory held by Ollama with no model loaded, past ``vram_grace``,
+      is freed by a restart when idle (at most once per ``cause_cooldown``).
+    """
+
+    ladder: bool = True
+    unload_timeout: float = 30.0
+    kill_timeout: float = 10.0
+    max_unloads: int = 5
+    max_kills: int = 5
+    orphan_runners: bool = True
+    orphan_grace: float = 120.0
+    cpu_fallback: bool = True
+    cpu_fallback_grace: float = 120.0
+    vram_not_released: bool = True
+    vram_grace: float = 300.0
+    vram_min_bytes: int = 256 * 1024 * 1024
+    cause_cooldown: float = 3600.0
+    #: a planned action waits for no request in flight (or this long without request lines)...
+    planned_quiet: float = 30.0
+    #: ...but no longer than this, then acts and says so
+    planned_max_wait: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
@@ -104,6 +142,7 @@ class Config:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    healing: HealingConfig = field(default_factory=HealingConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -113,6 +152,7 @@ SECTIONS: dict[str, type[Any]] = {
     "watchdog": WatchdogConfig,
     "logs": LogsConfig,
     "gpu": GpuConfig,
+    "healing": HealingConfig,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +331,21 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("logs", "path"): _string,
     ("logs", "state_dir"): _path,
     ("gpu", "enabled"): _choice(GpuMode),
+    ("healing", "ladder"): _bool,
+    ("healing", "unload_timeout"): _positive_duration,
+    ("healing", "kill_timeout"): _positive_duration,
+    ("healing", "max_unloads"): _int_at_least(0),
+    ("healing", "max_kills"): _int_at_least(0),
+    ("healing", "orphan_runners"): _bool,
+    ("healing", "orphan_grace"): _duration_or_zero,
+    ("healing", "cpu_fallback"): _bool,
+    ("healing", "cpu_fallback_grace"): _duration_or_zero,
+    ("healing", "vram_not_released"): _bool,
+    ("healing", "vram_grace"): _duration_or_zero,
+    ("healing", "vram_min_bytes"): _int_at_least(0),
+    ("healing", "cause_cooldown"): _duration_or_zero,
+    ("healing", "planned_quiet"): _positive_duration,
+    ("healing", "planned_max_wait"): _duration_or_zero,
 }
 
 
@@ -410,6 +465,7 @@ __all__ = [
     "ExporterConfig",
     "GpuConfig",
     "GpuMode",
+    "HealingConfig",
     "LogSource",
     "LogsConfig",
     "OllamaConfig",

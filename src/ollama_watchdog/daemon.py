@@ -41,10 +41,14 @@ from ollama_watchdog.collectors import (
     StatusSource,
     build_collectors,
 )
-from ollama_watchdog.config import Config, ConfigError, load_config
+from ollama_watchdog.collectors.evidence import SystemdUnitState
+from ollama_watchdog.collectors.gpu import GpuCollector
+from ollama_watchdog.collectors.process import ProcessCollector
+from ollama_watchdog.config import Config, ConfigError, LogSource, load_config
 from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotBoard, WebAuth
-from ollama_watchdog.healing.actions import RestartAction
+from ollama_watchdog.healing.actions import RemedyActions, RestartAction
 from ollama_watchdog.healing.watchdog import Watchdog
+from ollama_watchdog.ollama.api import OllamaClient
 from ollama_watchdog.signals import Signal
 
 log = structlog.get_logger()
@@ -239,6 +243,7 @@ class Daemon:
         self.reload_ok_at = time.time()
         self._loop_heartbeat = time.monotonic()
         self.exporter: Exporter | None = None
+        self._pending_watchdog: Config | None = None
         self.watchdog = self._make_watchdog(config)
         self._self = DaemonSelf(self)
 
@@ -246,7 +251,53 @@ class Daemon:
 
     def _make_watchdog(self, config: Config) -> Watchdog:
         action = RestartAction.from_config(config.watchdog, dry_run=self.dry_run)
-        return Watchdog(config.watchdog, action)
+        remedies = RemedyActions(
+            OllamaClient(config.ollama.url, config.ollama.timeout),
+            config.ollama.models_dir,
+            config.healing,
+            server_pid=self._server_pid,
+            gpu_memory=self._gpu_memory,
+            dry_run=self.dry_run,
+        )
+        unit_state = SystemdUnitState(config.ollama.unit) if config.ollama.unit else None
+
+        def unit_stopped() -> str | None:
+            state = unit_state() if unit_state is not None else None
+            if state is None or not state.stopped_on_purpose:
+                return None
+            return f"{config.ollama.unit} was stopped on purpose ({state.text()})"
+
+        return Watchdog(
+            config.watchdog,
+            action,
+            healing=config.healing,
+            remedies=remedies,
+            dry_run=self.dry_run,
+            state_dir=config.logs.state_dir,
+            unit_stopped=unit_stopped,
+            progress_known=config.logs.source != LogSource.NONE,
+            busy_lookback=config.probe.deep_timeout,
+            on_finished=self._probe_now,
+        )
+
+    def _server_pid(self) -> int | None:
+        for c in self._collectors:
+            if isinstance(c, ProcessCollector):
+                snap = c.snapshot
+                return snap.server.pid if snap is not None and snap.server is not None else None
+        return None
+
+    def _gpu_memory(self) -> dict[int, int] | None:
+        for c in self._collectors:
+            if isinstance(c, GpuCollector):
+                return c.process_memory()
+        return None
+
+    def _probe_now(self) -> None:
+        """After an action: probe (and gather evidence) at once, not an interval later."""
+        for r in self._runners:
+            if r.name in ("api", "probe", "process", "evidence"):
+                r.run_now()
 
     def _start_collectors(self, config: Config) -> None:
         for plan in build_collectors(config, self.emit, self._registry):
@@ -357,6 +408,7 @@ class Daemon:
                 break
             self.watchdog.observe(sig)
         self.watchdog.tick()
+        self._swap_watchdog()
         for r in self._runners:
             r.check_deadline(now)
         if self._reload.is_set():
@@ -395,14 +447,34 @@ class Daemon:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             return
         self._stop_collectors(timeout=1.5)
-        if new.watchdog != self.config.watchdog:
-            self.watchdog.wait_for_restart(0)
-            self.watchdog = self._make_watchdog(new)
+        if self._healing_changed(new):
+            self._pending_watchdog = new
+        self._swap_watchdog()
         self.config = new
         self._start_collectors(new)
         self.reload_ok = True
         self.reload_ok_at = time.time()
         log.info("reloaded", config=str(self.config_path))
+
+    def _healing_changed(self, new: Config) -> bool:
+        old = self.config
+        return (
+            new.watchdog != old.watchdog
+            or new.healing != old.healing
+            or new.ollama != old.ollama
+            or new.probe.deep_timeout != old.probe.deep_timeout
+            or new.logs != old.logs
+        )
+
+    def _swap_watchdog(self) -> None:
+        """Start the new policy once no action is running: a policy that does not know of a
+        restart in flight would decide a second one on top of it."""
+        pending = self._pending_watchdog
+        if pending is None or self.watchdog.busy:
+            return
+        self._pending_watchdog = None
+        self.watchdog = self._make_watchdog(pending)
+        log.info("policy_reloaded")
 
     def _shutdown(self) -> None:
         self._notifier.send("STOPPING=1")

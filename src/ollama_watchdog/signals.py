@@ -5,8 +5,19 @@ A collector that has evidence about Ollama's health (the liveness probe, the dee
 loop feeds it to the healing policy's one ``observe(signal)``. The failure reason stays a typed
 value (``ProbeReason``) until the event is logged: the text is made once, by :meth:`error_text`.
 
-Adding a signal kind means adding a :class:`SignalKind` member, its row in :data:`KINDS`, and
-its producer; the policy counts consecutive failures per kind from that table alone.
+Two families of kinds. **Probe kinds** (rows of :data:`KINDS`: liveness, deep probe) are
+counted: consecutive failures per kind lead to a remediation. **Evidence kinds**
+(:data:`EVIDENCE`) describe what Ollama is doing and are never counted as failures themselves:
+progress seen in the log (so a slow deep probe on a busy server is ``busy``, not hung), the
+requests in flight (so a planned action waits for a quiet moment), each runner's activity, orphan
+runners, a silent CPU fallback, GPU memory held with no model loaded, and the unit stopped on
+purpose by an operator. Each carries what the healing side needs (a model name, processes) as
+typed fields, never model output.
+
+Adding a probe kind means adding a :class:`SignalKind` member, its row in :data:`KINDS`, and
+its producer; the policy counts consecutive failures per kind from that table alone. Adding an
+evidence kind means a member, an entry in :data:`EVIDENCE`, its producer, and its rule in the
+policy.
 """
 
 from __future__ import annotations
@@ -24,6 +35,20 @@ class SignalKind(enum.StrEnum):
 
     LIVENESS = "liveness"
     DEEP_PROBE = "deep_probe"
+    #: evidence: a request completed or a runner reported progress (``model`` when known)
+    PROGRESS = "progress"
+    #: evidence: requests in flight now (``count``; None: the log cannot tell)
+    IN_FLIGHT = "in_flight"
+    #: evidence: one runner's activity in the last round (``ok``: it advanced; ``model``)
+    RUNNER = "runner"
+    #: evidence: runners whose parent is not the current server (``procs``; ok: none)
+    ORPHANS = "orphans"
+    #: evidence: GPUs present, yet a loaded model runs on CPU (ok: no fallback)
+    CPU_FALLBACK = "cpu_fallback"
+    #: evidence: Ollama holds GPU memory with no model loaded (``count``: bytes; ok: it does not)
+    VRAM_HELD = "vram_held"
+    #: evidence: the Ollama unit's state (ok: not stopped on purpose; ``detail``: the state)
+    UNIT = "unit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +100,29 @@ KINDS: Final = MappingProxyType(
 )
 
 
+#: kinds that are evidence, not probes: never counted towards a remediation by themselves
+EVIDENCE: Final = frozenset(
+    {
+        SignalKind.PROGRESS,
+        SignalKind.IN_FLIGHT,
+        SignalKind.RUNNER,
+        SignalKind.ORPHANS,
+        SignalKind.CPU_FALLBACK,
+        SignalKind.VRAM_HELD,
+        SignalKind.UNIT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """A process named by pid and start time, so a reused pid is never mistaken for it."""
+
+    pid: int
+    #: ``psutil.Process.create_time()`` (seconds since the epoch)
+    started: float
+
+
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One piece of evidence: a probe of ``kind`` passed or failed, and why."""
@@ -85,14 +133,22 @@ class Signal:
     reason: ProbeReason | None = None
     #: a short human detail (Ollama's own error message), never model output
     detail: str = ""
+    #: the model the signal is about ("" when none or unknown)
+    model: str = ""
+    #: a number the kind defines (requests in flight, bytes held); None when unknown
+    count: float | None = None
+    #: processes the signal is about (orphan runners, a runner)
+    procs: tuple[Proc, ...] = ()
 
     @classmethod
     def passed(cls, kind: SignalKind) -> Signal:
         return cls(kind, True)
 
     @classmethod
-    def failed(cls, kind: SignalKind, reason: ProbeReason | None, detail: str = "") -> Signal:
-        return cls(kind, False, reason, detail)
+    def failed(
+        cls, kind: SignalKind, reason: ProbeReason | None, detail: str = "", model: str = ""
+    ) -> Signal:
+        return cls(kind, False, reason, detail, model)
 
     def error_text(self) -> str | None:
         """``reason: detail`` for a log line or ``STATUS=``; None when it passed."""
@@ -103,4 +159,4 @@ class Signal:
         return f"{self.reason}: {self.detail}" if self.detail else str(self.reason)
 
 
-__all__ = ["KINDS", "KindSpec", "Signal", "SignalKind"]
+__all__ = ["EVIDENCE", "KINDS", "KindSpec", "Proc", "Signal", "SignalKind"]

@@ -17,7 +17,7 @@ def test_names_are_unique_and_the_defaults_are_the_documented_ones() -> None:
     assert [r.name for r in REGISTRY if r.enabled(defaults)] == [
         r.name for r in REGISTRY if r.default
     ]
-    assert [r.name for r in REGISTRY if r.default] == ["api", "process", "gpu", "logs"]
+    assert [r.name for r in REGISTRY if r.default] == ["api", "process", "gpu", "evidence", "logs"]
     # the liveness prober, and only it, holds systemd's keep-alive
     assert [r.name for r in REGISTRY if r.keepalive] == ["api"]
 
@@ -49,4 +49,8 @@ def test_the_configuration_turns_collectors_off() -> None:
         Config(), logs=LogsConfig(source=LogSource.NONE), gpu=GpuConfig(enabled=GpuMode.FALSE)
     )
     plans = build_collectors(config, lambda s: None)
+    assert [p.collector.name for p in plans] == ["api", "process", "evidence"]
+    # the healing side's evidence goes with the watchdog
+    off = replace(config, watchdog=replace(config.watchdog, enabled=False))
+    plans = build_collectors(off, lambda s: None)
     assert [p.collector.name for p in plans] == ["api", "process"]

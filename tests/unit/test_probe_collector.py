@@ -42,7 +42,8 @@ GEN = {"probe": "generate"}
 
 def test_a_good_probe_exports_ttft_rate_and_load(client: OllamaClient) -> None:
     signals: list[Signal] = []
-    collector = DeepProbeCollector(client, first_model(client), 30, emit=signals.append)
+    model = first_model(client)
+    collector = DeepProbeCollector(client, model, 30, emit=signals.append)
     registry = registry_of(collector.collect())
     assert registry.get_sample_value("ollama_probe_success", GEN) == 1.0
     assert (registry.get_sample_value("ollama_probe_duration_seconds", GEN) or 0) > 0
@@ -54,7 +55,7 @@ def test_a_good_probe_exports_ttft_rate_and_load(client: OllamaClient) -> None:
         assert registry.get_sample_value("ollama_probe_failures_total", labels) == 0.0
     last = collector.last_result
     assert last is not None and last.ok and last.reason is None
-    assert signals == [Signal.passed(SignalKind.DEEP_PROBE)]
+    assert signals == [Signal(SignalKind.DEEP_PROBE, True, model=model)]
     assert last.result is not None and last.result.eval_count > 0
 
 

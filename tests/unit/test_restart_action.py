@@ -277,7 +277,11 @@ def test_dry_run_watchdog_counts_restarts_without_running_them(tmp_path: Path) -
     assert wd.observe(live(False, "refused")).restart
     assert wd.wait_for_restart(DEADLINE)
     assert not marker.exists()
-    assert sample(wd, "ollama_watchdog_restarts_total", {"reason": "liveness"}) == 1.0
+    # a dry run counts what it would have done apart from what was done
+    assert sample(wd, "ollama_watchdog_restarts_total", {"reason": "liveness"}) == 0.0
+    skipped = {"action": "restart_server", "reason": "liveness"}
+    assert sample(wd, "ollama_watchdog_remediations_skipped_total", skipped) == 1.0
+    assert sample(wd, "ollama_watchdog_dry_run") == 1.0
 
 
 def test_watchdog_state_metric_follows_the_policy() -> None:

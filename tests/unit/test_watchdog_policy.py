@@ -18,6 +18,7 @@ from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
 from ollama_watchdog.healing.policy import (
+    Cause,
     EVENT_GAVE_UP,
     EVENT_RESTART_DECIDED,
     EVENT_RESTART_FINISHED,
@@ -103,7 +104,7 @@ def test_threshold_minus_one_failures_only_degrade() -> None:
     )
     d3 = p.observe(live(False, "refused"), 3.0)
     assert d3.restart
-    assert d3.reason is SignalKind.LIVENESS
+    assert d3.reason == Cause.LIVENESS
     assert d3.event == EVENT_RESTART_DECIDED
     assert (d3.state_before, d3.state_after) == (State.DEGRADED, State.RESTARTING)
 
@@ -306,7 +307,7 @@ def test_gives_up_past_max_restarts_in_window_with_the_status_sentence() -> None
     decisions = exhaust_budget(p, clock)
     assert sum(d.restart for d in decisions) == 5
     assert decisions[-1].event == EVENT_GAVE_UP
-    assert decisions[-1].reason is SignalKind.LIVENESS
+    assert decisions[-1].reason == Cause.LIVENESS
     assert decisions[-1].next_restart_allowed_in is None
     assert (
         p.status_sentence(clock.t)
@@ -371,8 +372,9 @@ def test_deep_probe_failing_while_liveness_passes_restarts_with_reason_deep_prob
     assert p.observe(live(True, None), 3.0).state_after is State.DEGRADED
     d = p.observe(deep(False, "timeout after 60s"), 4.0)
     assert d.restart
-    assert d.reason is SignalKind.DEEP_PROBE
-    assert p.snapshot(4.0).restarts_total == {SignalKind.LIVENESS: 0, SignalKind.DEEP_PROBE: 1}
+    assert d.reason == Cause.DEEP_PROBE
+    # no model named by the signal: nothing to unload, the server is restarted
+    assert p.snapshot(4.0).restarts_total == {c: int(c == Cause.DEEP_PROBE) for c in Cause}
 
 
 def test_deep_failure_while_liveness_fails_is_left_to_liveness() -> None:
@@ -447,7 +449,7 @@ def test_restart_decision_log_fields() -> None:
     p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1), 0.0)
     fields = p.observe(live(False, ERR), 1.0).log_fields()
     assert fields == {
-        "action": "restart",
+        "action": "restart_server",
         "reason": "liveness",
         "state_before": "healthy",
         "state": "restarting",
@@ -456,6 +458,7 @@ def test_restart_decision_log_fields() -> None:
         "restarts_in_window": 1,
         "last_error": ERR,
         "next_restart_allowed_in_s": None,
+        "urgent": True,
     }
 
 
@@ -606,22 +609,23 @@ def test_never_a_restart_during_grace_backoff_or_a_running_restart(
 ) -> None:
     run = drive(config, script)
     grace_until = run.start + config.startup_grace
-    allowed_at = run.start
-    running = False
+    # backoff is per cause (a liveness restart does not delay a deep-probe one): at least
+    # backoff_initial after the previous restart for the same cause
+    allowed_at: dict[object, float] = {}
+    running: object = None
     for (t, kind, d), snap in zip(run.log, run.snapshots, strict=True):
         if d.restart:
-            assert not running
+            assert running is None
             assert t >= grace_until
-            assert t >= allowed_at
-            running = True
-        elif kind.startswith("finish") and running:
-            running = False
+            assert t >= allowed_at.get(d.reason, run.start)
+            running = d.reason
+        elif kind.startswith("finish") and running is not None:
             assert d.event == EVENT_RESTART_FINISHED
             grace_until = t + config.startup_grace
-            # the backoff after a restart is within [backoff_initial, backoff_max], and the
-            # next restart waits for the backoff in force when the restart finished
+            # the backoff after a restart is within [backoff_initial, backoff_max]
             assert config.backoff_initial <= snap.backoff_seconds <= config.backoff_max
-            allowed_at = t + snap.backoff_seconds
+            allowed_at[running] = t + config.backoff_initial
+            running = None
 
 
 @settings(max_examples=300, deadline=None)
@@ -635,20 +639,20 @@ def test_never_a_restart_while_healthy(
         kind = run.log[i][1]
         # only a failed probe of the reason's own kind triggers a restart ...
         assert (d.reason, kind) in {
-            (SignalKind.LIVENESS, "live_fail"),
-            (SignalKind.DEEP_PROBE, "deep_fail"),
+            (Cause.LIVENESS, "live_fail"),
+            (Cause.DEEP_PROBE, "deep_fail"),
         }
         assert d.state_before is not State.HEALTHY or config.failure_threshold == 1
         # ... after failure_threshold failures of that kind in a row, all since the previous
         # restart and outside the grace
-        probe = "live" if d.reason is SignalKind.LIVENESS else "deep"
+        probe = "live" if d.reason == Cause.LIVENESS else "deep"
         previous = max((j for j, _, _ in run.restarts if j < i), default=-1)
         same_kind = [(j, k, g) for j, k, g in acted if j <= i and k.startswith(probe)]
         tail = same_kind[-config.failure_threshold :]
         assert len(tail) == config.failure_threshold
         assert all(k.endswith("fail") for _, k, _ in tail)
         assert all(j > previous and run.log[j][0] >= g for j, _, g in tail)
-        if d.reason is SignalKind.DEEP_PROBE:
+        if d.reason == Cause.DEEP_PROBE:
             # a hung runner: liveness was passing
             lives = [k for j, k, _ in acted if j < i and k.startswith("live")]
             assert not lives or lives[-1] == "live_ok"

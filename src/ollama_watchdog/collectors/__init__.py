@@ -17,6 +17,7 @@ name        default    on when                                          source
 api         on         always                                           /api/version, tags, ps
 process     on         always                                           /proc (psutil), disk
 gpu         on (auto)  ``[gpu] enabled`` is not ``false``               NVML
+evidence    on         ``[watchdog] enabled``                           api/process/gpu, systemd
 logs        on         ``[logs] source`` is not ``none``                journald or a log file
 probe       off        ``[probe] deep_model`` is set                    one tiny /api/generate
 ==========  =========  ==============================================  ========================
@@ -35,6 +36,7 @@ from ollama_watchdog.collectors.base import (
     Collector,
     StatusSource,
 )
+from ollama_watchdog.collectors.evidence import EvidenceCollector, SystemdUnitState
 from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.logs import LogsCollector
 from ollama_watchdog.collectors.probe import DeepProbeCollector
@@ -101,6 +103,20 @@ def _gpu(ctx: Context) -> Collector:
     return GpuCollector(pids, required=ctx.config.gpu.enabled == GpuMode.TRUE)
 
 
+def _evidence(ctx: Context) -> Collector:
+    cfg = ctx.config
+    process, api, gpu = (ctx.built.get(n) for n in ("process", "api", "gpu"))
+    return EvidenceCollector(
+        ctx.emit,
+        process=process if isinstance(process, ProcessCollector) else None,
+        api=api if isinstance(api, ApiCollector) else None,
+        gpu=gpu if isinstance(gpu, GpuCollector) else None,
+        models_dir=cfg.ollama.models_dir,
+        unit_state=SystemdUnitState(cfg.ollama.unit) if cfg.ollama.unit else None,
+        vram_min_bytes=cfg.healing.vram_min_bytes,
+    )
+
+
 def _logs(ctx: Context) -> Collector:
     cfg = ctx.config
     return LogsCollector(
@@ -109,6 +125,7 @@ def _logs(ctx: Context) -> Collector:
         state_dir=cfg.logs.state_dir,
         models_dir=cfg.ollama.models_dir,
         unit=cfg.ollama.unit,
+        emit=ctx.emit,
     )
 
 
@@ -153,6 +170,15 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         interval=lambda c: c.probe.interval,
         # NVML runs with its own deadline inside the collector; this one is a backstop
         timeout=lambda c: 10.0,
+    ),
+    Registration(
+        "evidence",
+        _evidence,
+        default=True,
+        enabled=lambda c: c.watchdog.enabled,
+        interval=lambda c: c.probe.interval,
+        # reads snapshots; the one call out is systemctl show, bounded at 2 s
+        timeout=lambda c: 5.0,
     ),
     Registration(
         "logs",

@@ -131,6 +131,8 @@ class GpuSample:
     throttle_reasons: int | None = None
     ollama_memory: int | None = None
     other_memory: int | None = None
+    #: (pid, bytes) of each Ollama process NVML lists on this GPU (the healing side's evidence)
+    ollama_processes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,27 @@ class GpuCollector:
     def collect(self) -> Sequence[Metric]:
         self.snapshot = self.read()
         return gpu_families(self.snapshot)
+
+    def process_memory(self, timeout: float = 2.0) -> dict[int, int] | None:
+        """GPU memory per pid over every GPU, read now on the NVML thread (for the healing side:
+        is a killed runner's memory back?); None without NVML or past ``timeout``."""
+        if not self._initialized:
+            return None
+        nvml, handles = self._nvml, self._handles
+
+        def read() -> dict[int, int]:
+            out: dict[int, int] = {}
+            for handle in handles:
+                if handle is None:
+                    continue
+                for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    out[int(p.pid)] = out.get(int(p.pid), 0) + int(p.usedGpuMemory or 0)
+            return out
+
+        try:
+            return self._worker.submit(read).result(timeout)
+        except Exception:  # NVML error, or the driver did not answer in time
+            return None
 
     # ----- one round -----
 
@@ -426,6 +449,7 @@ class GpuCollector:
             gpu, "processes", lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle)
         )
         ollama_mem = other_mem = None
+        ours: list[tuple[int, int]] = []
         if procs is not None:
             ollama_mem = other_mem = 0
             for p in procs:
@@ -433,6 +457,7 @@ class GpuCollector:
                 used = int(p.usedGpuMemory or 0)
                 if p.pid in pids:
                     ollama_mem += used
+                    ours.append((int(p.pid), used))
                 else:
                     other_mem += used
         return GpuSample(
@@ -450,6 +475,7 @@ class GpuCollector:
             throttle_reasons=None if reasons is None else int(reasons),
             ollama_memory=ollama_mem,
             other_memory=other_mem,
+            ollama_processes=tuple(ours),
         )
 
     def _memory(self, handle: Any) -> Any:

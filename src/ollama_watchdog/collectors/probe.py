@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -44,6 +45,26 @@ COLD_KEEP_ALIVE = "30s"
 _FOREVER = 10 * 365 * 86400.0
 
 PROBE = "generate"
+
+log = structlog.get_logger()
+
+
+def generation_refusal(model: str, capabilities: tuple[str, ...] | None) -> str | None:
+    """Why ``model`` cannot be the deep model (it cannot generate), or None when it can.
+
+    An embedding-only model answers ``/api/generate`` with 400 ("does not support generate"):
+    a deep probe with it fails on a healthy server, and a watchdog that reads those failures
+    as a hang restarts a healthy host over and over. ``capabilities`` None (Ollama before 0.30
+    does not report them) cannot be judged and is accepted.
+    """
+    if capabilities is None or "completion" in capabilities:
+        return None
+    has = ", ".join(capabilities) or "none"
+    return (
+        f"probe.deep_model {model!r} cannot generate (capabilities: {has}): choose a model "
+        "with the completion capability, e.g. the smallest chat model installed, or set "
+        'deep_model = "" to turn the deep probe off'
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +135,9 @@ class DeepProbeCollector:
         self._failures = dict.fromkeys(PROBE_REASONS, 0)
         self._last: DeepProbeResult | None = None
         self._lock = threading.Lock()
+        # the model's capabilities are checked on first contact (Ollama may be down at start)
+        self._checked = False
+        self.disabled: str | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -123,7 +147,21 @@ class DeepProbeCollector:
         with self._lock:
             return self._last
 
+    def _check_model(self) -> None:
+        try:
+            caps = self._client.capabilities(self._model)
+        except ProbeError:
+            return  # not reachable or not answering: asked again next round
+        self._checked = True
+        self.disabled = generation_refusal(self._model, caps)
+        if self.disabled is not None:
+            log.error("deep_probe_disabled", model=self._model, error=self.disabled)
+
     def collect(self) -> Sequence[Metric]:
+        if not self._checked:
+            self._check_model()
+        if self.disabled is not None:
+            return []  # no probe, no signal: a model that cannot generate proves nothing
         outcome = run_deep_probe(self._client, self._model, self._timeout)
         with self._lock:
             self._last = outcome
@@ -131,7 +169,15 @@ class DeepProbeCollector:
                 self._failures[outcome.reason] += 1
             failures = dict(self._failures)
         if self._emit is not None:
-            self._emit(Signal(SignalKind.DEEP_PROBE, outcome.ok, outcome.reason, outcome.error))
+            self._emit(
+                Signal(
+                    SignalKind.DEEP_PROBE,
+                    outcome.ok,
+                    outcome.reason,
+                    outcome.error,
+                    model=self._model,
+                )
+            )
         return families(outcome, failures)
 
 
@@ -190,6 +236,7 @@ __all__ = [
     "DeepProbeCollector",
     "DeepProbeResult",
     "families",
+    "generation_refusal",
     "keep_alive_for",
     "run_deep_probe",
 ]

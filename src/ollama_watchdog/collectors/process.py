@@ -34,7 +34,7 @@ import psutil
 import structlog
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ollama_watchdog.ollama.processes import Role, classify_argv
+from ollama_watchdog.ollama.processes import Role, classify_argv, runner_model_digest
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +68,10 @@ class ProcessSample:
     threads: int
     #: None where /proc/PID/fd may not be read (another user's process, no CAP_SYS_PTRACE)
     open_fds: int | None
+    #: a model process: the sha256 hex of the blob it serves (from ``--model``), if named
+    model_digest: str | None = None
+    #: stopped by a signal (SIGSTOP, a debugger): it makes no progress whatever it holds
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,7 @@ def _tree_size(root: Path) -> int:
 class _Candidate:
     pid: int
     role: Role
+    model_digest: str | None = None
 
 
 class ProcessCollector:
@@ -348,13 +353,15 @@ class ProcessCollector:
             argv = raw.rstrip(b"\0").decode("utf-8", "replace").split("\0")
             role = classify_argv(argv)
             if role is not None:
-                yield _Candidate(int(entry), role)
+                digest = runner_model_digest(argv) if role == "runner" else None
+                yield _Candidate(int(entry), role, digest)
 
     def _read(self, cand: _Candidate) -> ProcessSample | None:
         try:
             proc = psutil.Process(cand.pid)
             with proc.oneshot():
-                if proc.status() == psutil.STATUS_ZOMBIE:
+                status = proc.status()
+                if status == psutil.STATUS_ZOMBIE:
                     return None  # exited, not yet reaped: holds no memory
                 cpu = proc.cpu_times()
                 mem = proc.memory_info()
@@ -367,6 +374,8 @@ class ProcessCollector:
                     start_time=float(proc.create_time()),
                     threads=int(proc.num_threads()),
                     open_fds=self._num_fds(proc),
+                    model_digest=cand.model_digest,
+                    stopped=status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP),
                 )
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None  # exited between the scan and the read: normal

@@ -1,25 +1,35 @@
-"""What the healing side can do to Ollama; today one action: restart the server.
+"""What the healing side can do to Ollama: restart the server, unload a model, kill a runner,
+kill orphan runners.
 
-An action runs a command and reports a :class:`RestartResult`; it never raises and never
-decides anything (that is ``healing.policy``). It blocks for up to ``restart_timeout``, so
-``healing.watchdog`` runs it on a worker thread of its own.
+An action reports a :class:`RestartResult` or :class:`RemedyResult`; it never raises and never
+decides anything (that is ``healing.policy``). It blocks for up to its timeout, so
+``healing.watchdog`` runs it on a worker thread of its own. The runner of a model is found by
+the process collector's rule (``ollama.processes``): a model process whose ``--model`` is that
+model's weights blob, child of this instance's server.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Final
 
+import psutil
 import structlog
 
-from ollama_watchdog.config import WatchdogConfig, human_duration
+from ollama_watchdog.config import HealingConfig, WatchdogConfig, human_duration
+from ollama_watchdog.ollama.api import OllamaClient, ProbeError
+from ollama_watchdog.ollama.names import normalize_name, read_model_blobs
+from ollama_watchdog.ollama.processes import classify_argv, runner_model_digest
 from ollama_watchdog.procgroup import stop_process_group
+from ollama_watchdog.signals import Proc
 
 
 class ErrorClass(enum.StrEnum):
@@ -167,4 +177,236 @@ def _tail(f: IO[bytes]) -> str:
     return data.decode("utf-8", errors="replace").strip()
 
 
-__all__ = ["STDERR_LIMIT", "ErrorClass", "RestartAction", "RestartResult"]
+
+
+# -- mending the smallest broken part: unload a model, kill its runner, kill orphans ---------
+
+
+@dataclass(frozen=True, slots=True)
+class RemedyResult:
+    """What an unload or a kill came to; ``detail`` goes into the log event as fields."""
+
+    success: bool
+    error: str | None
+    duration: float
+    detail: Mapping[str, object] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+def model_digest(models_dir: Path, model: str) -> str | None:
+    """The sha256 hex of ``model``'s weights blob, from its manifest; None if not installed."""
+    wanted = normalize_name(model)
+    for digest, name in read_model_blobs(models_dir).items():
+        if normalize_name(name) == wanted:
+            return digest
+    return None
+
+
+def find_runners(
+    digest: str, server_pid: int | None, procfs: Path = Path("/proc")
+) -> list[Proc]:
+    """Model processes serving blob ``digest`` (the process collector's rule), children of
+    ``server_pid`` when it is known: another Ollama instance's runner of the same model is not
+    ours to touch."""
+    found: list[Proc] = []
+    try:
+        entries = os.listdir(procfs)
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            raw = (procfs / entry / "cmdline").read_bytes()[:65536]
+        except OSError:
+            continue
+        if b"llama-server" not in raw and b"runner" not in raw:
+            continue
+        argv = raw.rstrip(b"\0").decode("utf-8", "replace").split("\0")
+        if classify_argv(argv) != "runner" or runner_model_digest(argv) != digest:
+            continue
+        try:
+            proc = psutil.Process(int(entry))
+            if server_pid is not None and proc.ppid() != server_pid:
+                continue
+            found.append(Proc(proc.pid, proc.create_time()))
+        except psutil.Error:
+            continue
+    return sorted(found, key=lambda p: p.pid)
+
+
+def _alive(proc: Proc) -> bool:
+    """True while ``proc`` (that very process, not a reused pid) exists and is not a zombie."""
+    try:
+        p = psutil.Process(proc.pid)
+        return abs(p.create_time() - proc.started) < 0.05 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_processes(procs: Sequence[Proc], timeout: float) -> tuple[list[int], str | None]:
+    """SIGKILL each process that is still the one named (pid and start time), then wait up to
+    ``timeout`` for all to be gone. Returns the pids killed and an error text (None: all gone).
+
+    Straight to SIGKILL: a wedged runner has nothing left to save, a stopped one would never
+    act on SIGTERM, and Ollama's server sees the exit as it sees any runner crash.
+    """
+    killed: list[int] = []
+    for proc in procs:
+        if not _alive(proc):
+            continue
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed.append(proc.pid)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return killed, (
+                f"permission denied killing pid {proc.pid}: the watchdog needs CAP_KILL "
+                "(the shipped unit grants it: AmbientCapabilities=CAP_KILL) or to run as the "
+                "ollama user"
+            )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in procs):
+            return killed, None
+        time.sleep(0.05)
+    left = [p.pid for p in procs if _alive(p)]
+    if left:
+        return killed, f"pid(s) {', '.join(map(str, left))} still running after {timeout:g}s"
+    return killed, None
+
+
+class RemedyActions:
+    """Unload a model, kill its runner, kill orphan runners; each bounded, never raising.
+
+    ``server_pid`` gives the current server's pid (the process collector's pick) so only this
+    instance's runners are touched; ``gpu_memory`` gives Ollama-side GPU memory per pid from a
+    fresh NVML read (None without NVML), used to check that a killed runner's memory came back.
+    """
+
+    def __init__(
+        self,
+        client: OllamaClient,
+        models_dir: Path,
+        healing: HealingConfig,
+        *,
+        server_pid: Callable[[], int | None] = lambda: None,
+        gpu_memory: Callable[[], Mapping[int, int] | None] = lambda: None,
+        dry_run: bool = False,
+        procfs: Path = Path("/proc"),
+        poll: float = 0.25,
+    ) -> None:
+        self._client = client
+        self._models_dir = models_dir
+        self._heal = healing
+        self._server_pid = server_pid
+        self._gpu_memory = gpu_memory
+        self.dry_run = dry_run
+        self._procfs = procfs
+        self._poll = poll
+        self._log = structlog.get_logger(__name__)
+
+    def _runners(self, model: str) -> list[Proc]:
+        digest = model_digest(self._models_dir, model)
+        if digest is None:
+            return []
+        return find_runners(digest, self._server_pid(), self._procfs)
+
+    def unload_model(self, model: str) -> RemedyResult:
+        """``keep_alive: 0``, then wait for the model to leave ``/api/ps`` and its runner to
+        exit, all within ``unload_timeout``."""
+        start = time.monotonic()
+        if self.dry_run:
+            return RemedyResult(True, None, 0.0, {"model": model}, dry_run=True)
+        timeout = self._heal.unload_timeout
+        before = self._runners(model)
+        wanted = normalize_name(model)
+        try:
+            self._client.unload(model, timeout=timeout)
+        except ProbeError as exc:
+            return RemedyResult(
+                False, f"unload request: {exc}", time.monotonic() - start, {"model": model}
+            )
+        deadline = start + timeout
+        listed = True
+        while True:
+            try:
+                listed = any(normalize_name(m.name) == wanted for m in self._client.ps())
+            except ProbeError:
+                listed = True  # cannot tell: keep waiting
+            running = [p.pid for p in before if _alive(p)]
+            if not listed and not running:
+                detail = {"model": model, "runner_pids": [p.pid for p in before]}
+                return RemedyResult(True, None, time.monotonic() - start, detail)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(self._poll)
+        why = "still listed in /api/ps" if listed else f"runner pid(s) {running} still running"
+        return RemedyResult(
+            False,
+            f"{model} {why} after {timeout:g}s",
+            time.monotonic() - start,
+            {"model": model, "runner_pids": [p.pid for p in before]},
+        )
+
+    def kill_runner(self, model: str) -> RemedyResult:
+        """SIGKILL the runner process(es) of ``model``, wait for them to exit, and where NVML is
+        present check that they no longer hold GPU memory."""
+        start = time.monotonic()
+        procs = self._runners(model)
+        detail: dict[str, object] = {"model": model, "runner_pids": [p.pid for p in procs]}
+        if self.dry_run:
+            return RemedyResult(True, None, 0.0, detail, dry_run=True)
+        if not procs:
+            return RemedyResult(
+                False, f"no runner of {model} found", time.monotonic() - start, detail
+            )
+        return self._kill(procs, detail, start)
+
+    def kill_orphans(self, procs: Sequence[Proc]) -> RemedyResult:
+        """SIGKILL runners whose server is gone (named by pid and start time)."""
+        start = time.monotonic()
+        detail: dict[str, object] = {"pids": [p.pid for p in procs]}
+        if self.dry_run:
+            return RemedyResult(True, None, 0.0, detail, dry_run=True)
+        return self._kill(procs, detail, start)
+
+    def _kill(
+        self, procs: Sequence[Proc], detail: dict[str, object], start: float
+    ) -> RemedyResult:
+        timeout = self._heal.kill_timeout
+        killed, error = kill_processes(procs, timeout)
+        detail["killed"] = killed
+        if error is None:
+            released, held = self._gpu_released({p.pid for p in procs}, start + timeout * 2)
+            if released is not None:
+                detail["gpu_memory_released"] = released
+            if released is False:
+                error = f"GPU memory still held by pid(s) {held} after the kill"
+        return RemedyResult(error is None, error, time.monotonic() - start, detail)
+
+    def _gpu_released(self, pids: set[int], deadline: float) -> tuple[bool | None, list[int]]:
+        while True:
+            memory = self._gpu_memory()
+            if memory is None:
+                return None, []
+            held = sorted(pid for pid in pids if memory.get(pid, 0) > 0)
+            if not held:
+                return True, []
+            if time.monotonic() >= deadline:
+                return False, held
+            time.sleep(self._poll)
+
+
+__all__ = [
+    "STDERR_LIMIT",
+    "ErrorClass",
+    "RemedyActions",
+    "RemedyResult",
+    "RestartAction",
+    "RestartResult",
+    "find_runners",
+    "kill_processes",
+    "model_digest",
+]

@@ -3,34 +3,66 @@
 :class:`Watchdog` is what the daemon's main loop feeds: every :class:`~ollama_watchdog.signals.
 Signal` goes to :meth:`Watchdog.observe`, which asks ``healing.policy`` for a decision, logs it
 as one structured event, and runs the action ``healing.actions`` provides on a worker thread.
-It is also the collector named ``watchdog``: :meth:`Watchdog.collect` returns the "Watchdog
-itself" families of DESIGN.md, published through the same path as every other collector.
+Each turn it also reads the maintenance mark (``healing.maintenance``), so ``ollama-watchdog
+maintenance on`` takes effect within a second without a restart. It is also the collector named
+``watchdog``: :meth:`Watchdog.collect` returns the "Watchdog itself" families of DESIGN.md.
+
+``--dry-run``: every decision is made, logged and followed by the policy as if carried out, but
+nothing is done; such decisions are counted in ``ollama_watchdog_remediations_skipped_total``,
+never in ``restarts_total`` / ``remediations_total`` (which count what was done), and
+``ollama_watchdog_dry_run`` is 1.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ollama_watchdog.config import WatchdogConfig
-from ollama_watchdog.healing.actions import RestartAction, RestartResult
+from ollama_watchdog.config import HealingConfig, WatchdogConfig
+from ollama_watchdog.healing.actions import RemedyActions, RestartAction
+from ollama_watchdog.healing.maintenance import Mark, MarkError, read_mark
 from ollama_watchdog.healing.policy import (
     EVENT_GAVE_UP,
+    EVENT_REMEDIATION_DECIDED,
     EVENT_RESTART_DECIDED,
+    Action,
+    Cause,
     Decision,
     PolicySnapshot,
     State,
     WatchdogPolicy,
 )
-from ollama_watchdog.signals import KINDS, Signal, SignalKind
+from ollama_watchdog.signals import KINDS, Signal
+
+#: the (action, reason) pairs the policy can decide: the series of the remediation counters
+REMEDIATION_SERIES: Final = (
+    (Action.UNLOAD_MODEL, Cause.DEEP_PROBE),
+    (Action.KILL_RUNNER, Cause.DEEP_PROBE),
+    (Action.RESTART, Cause.LIVENESS),
+    (Action.RESTART, Cause.DEEP_PROBE),
+    (Action.RESTART, Cause.CPU_FALLBACK),
+    (Action.RESTART, Cause.VRAM_NOT_RELEASED),
+    (Action.KILL_ORPHANS, Cause.ORPHAN_RUNNER),
+)
+#: the maintenance mark is read at most this often (seconds)
+_MARK_EVERY: Final = 1.0
 
 
-def policy_metrics(snapshot: PolicySnapshot, last_restart_timestamp: float | None) -> list[Metric]:
+def policy_metrics(
+    snapshot: PolicySnapshot,
+    last_restart_timestamp: float | None,
+    *,
+    dry_run: bool = False,
+    maintenance_until: float = 0.0,
+    last_progress_timestamp: float = 0.0,
+) -> list[Metric]:
     """The "Watchdog itself" families of DESIGN.md from one snapshot.
 
     ``last_restart_timestamp`` is the wall-clock time of the latest restart decision (the policy
@@ -43,13 +75,30 @@ def policy_metrics(snapshot: PolicySnapshot, last_restart_timestamp: float | Non
     )
     for s in State:
         state.add_metric([s.value], 1.0 if s is snapshot.state else 0.0)
+    done = {} if dry_run else snapshot.remediations_total
+    skipped = snapshot.remediations_total if dry_run else {}
     restarts = CounterMetricFamily(
         "ollama_watchdog_restarts",
-        "Restarts of Ollama decided by the watchdog (dry runs included), by reason.",
+        "Server restarts of Ollama the watchdog carried out, by reason (dry runs: see "
+        "ollama_watchdog_remediations_skipped_total).",
         labels=["reason"],
     )
-    for r in SignalKind:
-        restarts.add_metric([r.value], float(snapshot.restarts_total.get(r, 0)))
+    for cause in Cause:
+        restarts.add_metric([cause.value], float(done.get((Action.RESTART, cause), 0)))
+    remediations = CounterMetricFamily(
+        "ollama_watchdog_remediations",
+        "Remediations carried out, by action and reason.",
+        labels=["action", "reason"],
+    )
+    skipped_family = CounterMetricFamily(
+        "ollama_watchdog_remediations_skipped",
+        "Remediations decided but not carried out because --dry-run is on.",
+        labels=["action", "reason"],
+    )
+    for action, cause in REMEDIATION_SERIES:
+        key = (action, cause)
+        remediations.add_metric([action.value, cause.value], float(done.get(key, 0)))
+        skipped_family.add_metric([action.value, cause.value], float(skipped.get(key, 0)))
     failures = CounterMetricFamily(
         "ollama_watchdog_restart_failures",
         "Restart commands that failed, hung past restart_timeout or could not be run.",
@@ -74,17 +123,41 @@ def policy_metrics(snapshot: PolicySnapshot, last_restart_timestamp: float | Non
         "Delay the next restart must wait after the latest one; 0 once health held a window.",
         value=snapshot.backoff_seconds,
     )
-    return [state, restarts, failures, last, *consecutive, budget, backoff]
+    busy = CounterMetricFamily(
+        "ollama_watchdog_busy_probes",
+        "Deep probes that timed out while Ollama kept completing requests (busy, not hung).",
+        value=float(snapshot.busy_total),
+    )
+    dry = GaugeMetricFamily(
+        "ollama_watchdog_dry_run", "1 while --dry-run is on: nothing is carried out.",
+        value=1.0 if dry_run else 0.0,
+    )  # fmt: skip
+    maintenance = GaugeMetricFamily(
+        "ollama_watchdog_maintenance_until_timestamp_seconds",
+        "Unix time the maintenance mark expires; 0 when none is set.",
+        value=maintenance_until,
+    )
+    progress = GaugeMetricFamily(
+        "ollama_watchdog_last_progress_timestamp_seconds",
+        "Unix time Ollama last made progress in its log (an inference request or a runner "
+        "timing line); 0 if not seen (or no log source).",
+        value=last_progress_timestamp,
+    )
+    return [
+        state, restarts, remediations, skipped_family, failures, last, *consecutive, budget,
+        backoff, busy, dry, maintenance, progress,
+    ]  # fmt: skip
 
 
 class Watchdog:
-    """Policy + restart action + logging + metrics: what the daemon's main loop feeds.
+    """Policy + actions + logging + metrics: what the daemon's main loop feeds.
 
-    The restart command runs on a thread of its own, so a ``systemctl restart`` that takes
+    Actions run on a thread of their own, so a ``systemctl restart`` that takes
     ``restart_timeout`` (90 s by default) never stalls the loop past systemd's ``WatchdogSec``.
-    Its outcome is reported to the policy by the next call made on the owner's thread; the
-    policy stays ``restarting`` until then. All methods are meant for one owner thread.
-    It is also a collector (``name = "watchdog"``): ``collect()`` returns :func:`policy_metrics`.
+    The outcome is reported to the policy by the next call made on the owner's thread; the
+    policy stays ``restarting``/``remediating`` until then. All methods are meant for one owner
+    thread. ``on_finished`` is called (owner thread) after an action's outcome is in: the daemon
+    uses it to probe again at once rather than a probe interval later.
     """
 
     name = "watchdog"
@@ -94,32 +167,55 @@ class Watchdog:
         config: WatchdogConfig,
         action: RestartAction | None = None,
         *,
+        healing: HealingConfig | None = None,
+        remedies: RemedyActions | None = None,
         dry_run: bool = False,
+        state_dir: Path | None = None,
+        unit_stopped: Callable[[], str | None] | None = None,
+        progress_known: bool = False,
+        busy_lookback: float = 60.0,
+        on_finished: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self._wall_clock = wall_clock
-        self.policy = WatchdogPolicy(config, clock())
+        self.policy = WatchdogPolicy(
+            config, clock(), healing, progress_known=progress_known, busy_lookback=busy_lookback
+        )
+        self.dry_run = dry_run or (action is not None and action.dry_run)
         self.action = action or RestartAction.from_config(config, dry_run=dry_run)
+        self.remedies = remedies
+        self._state_dir = state_dir
+        self._unit_stopped = unit_stopped
+        self._on_finished = on_finished
         self._log = structlog.get_logger(__name__)
         self._last_restart_wall: float | None = None
         self._worker: threading.Thread | None = None
         # written by the worker before it ends, read after join: no lock needed
-        self._result: tuple[RestartResult, float] | None = None
+        self._result: tuple[Action, bool, str | None, float] | None = None
+        self._running: Action = Action.NONE
+        self._mark: Mark | None = None
+        self._mark_read_at = float("-inf")
+        self._mark_problem: str | None = None
+
+    # -- inputs ---------------------------------------------------------------------------
 
     def observe(self, signal: Signal) -> Decision:
         """One signal from a collector, at the time it is observed."""
-        self._report_finished_restart()
+        self._report_finished()
         return self._handle(self.policy.observe(signal, self._clock()))
 
     def tick(self) -> Decision:
-        """Call once per loop: reports a finished restart and time-driven state changes."""
-        finished = self._report_finished_restart()
+        """Call once per loop: the maintenance mark, a finished action, time-driven changes."""
+        mark = self._poll_mark()
+        if mark is not None:
+            return mark
+        finished = self._report_finished()
         return finished or self._handle(self.policy.tick(self._clock()))
 
     def wait_for_restart(self, timeout: float) -> bool:
-        """Wait until no restart command is running; True if none is. For shutdown and tests."""
+        """Wait until no action is running; True if none is. For shutdown and tests."""
         worker = self._worker
         if worker is not None:
             worker.join(timeout)
@@ -128,51 +224,150 @@ class Watchdog:
         self.tick()
         return True
 
+    @property
+    def busy(self) -> bool:
+        """An action is running on the worker thread."""
+        return self._worker is not None
+
+    # -- outputs --------------------------------------------------------------------------
+
     def snapshot(self) -> PolicySnapshot:
         return self.policy.snapshot(self._clock())
 
     def status(self) -> str:
         """The ``STATUS=`` line for sd_notify."""
-        return self.policy.status_sentence(self._clock())
+        snap = self.snapshot()
+        if snap.state is State.MAINTENANCE and self._mark is not None:
+            return self._mark.sentence(self._wall_clock())
+        return snap.status_sentence()
 
     def collect(self) -> list[Metric]:
-        return policy_metrics(self.snapshot(), self._last_restart_wall)
+        snap = self.snapshot()
+        progress = 0.0
+        if snap.last_progress is not None:
+            progress = self._wall_clock() - (self._clock() - snap.last_progress)
+        return policy_metrics(
+            snap,
+            self._last_restart_wall,
+            dry_run=self.dry_run,
+            maintenance_until=self._mark.until if self._mark is not None else 0.0,
+            last_progress_timestamp=progress,
+        )
 
-    def _report_finished_restart(self) -> Decision | None:
-        """Feed a finished restart to the policy (and log it) before anything else happens."""
-        finished = self._collect_outcome()
-        return None if finished is None else self._handle(finished)
+    # -- the maintenance mark -------------------------------------------------------------
 
-    def _collect_outcome(self) -> Decision | None:
+    def _poll_mark(self) -> Decision | None:
+        if self._state_dir is None:
+            return None
+        now = self._clock()
+        if now - self._mark_read_at < _MARK_EVERY:
+            return None
+        self._mark_read_at = now
+        wall = self._wall_clock()
+        try:
+            mark = read_mark(self._state_dir, wall)
+            self._mark_problem = None
+        except MarkError as exc:
+            if str(exc) != self._mark_problem:
+                self._mark_problem = str(exc)
+                self._log.error("maintenance_mark_invalid", error=str(exc))
+            mark = None
+        before, self._mark = self._mark, mark
+        if (before is None) == (mark is None) and (before is None or before == mark):
+            return None
+        if mark is not None:
+            self._log.warning(
+                "maintenance_on", reason=mark.reason, by=mark.by, until=round(mark.until, 3)
+            )
+            reason = mark.sentence(wall)
+        else:
+            expired = before is not None and before.until <= wall
+            self._log.info("maintenance_expired" if expired else "maintenance_off")
+            reason = ""
+        return self._handle(self.policy.set_maintenance(reason, self._clock()))
+
+    # -- actions --------------------------------------------------------------------------
+
+    def _report_finished(self) -> Decision | None:
+        """Feed a finished action to the policy (and log it) before anything else happens."""
         worker = self._worker
         if worker is None or worker.is_alive():
             return None
         worker.join()
         self._worker = None
         result, self._result = self._result, None
-        if result is None:  # the worker died without a result: count it as a failed restart
-            return self.policy.restart_finished(False, "restart worker crashed", self._clock())
-        outcome, finished = result
-        return self.policy.restart_finished(outcome.success, outcome.error, finished)
+        if result is None:  # the worker died without a result: count it as a failed action
+            result = (self._running, False, "action worker crashed", self._clock())
+        action, success, error, finished = result
+        decision = self._handle(self.policy.action_finished(action, success, error, finished))
+        if self._on_finished is not None and self._worker is None:
+            self._on_finished()
+        return decision
 
     def _handle(self, decision: Decision) -> Decision:
         if decision.event:
             level = {
                 EVENT_RESTART_DECIDED: "warning",
+                EVENT_REMEDIATION_DECIDED: "warning",
                 EVENT_GAVE_UP: "error",
             }.get(decision.event, "info")
             getattr(self._log, level)(decision.event, **decision.log_fields())
+        if not decision.remediation:
+            return decision
         if decision.restart:
             self._last_restart_wall = self._wall_clock()
-            self._worker = threading.Thread(
-                target=self._run_action, name="ollama-watchdog-restart", daemon=True
-            )
-            self._worker.start()
+        self._running = decision.action
+        if self.dry_run:
+            self._log.warning(
+                "remediation_skipped", action=str(decision.action), dry_run=True,
+                reason=str(decision.reason),
+            )  # fmt: skip
+        self._worker = threading.Thread(
+            target=self._run_action,
+            args=(decision,),
+            name=f"ollama-watchdog-{decision.action}",
+            daemon=True,
+        )
+        self._worker.start()
         return decision
 
-    def _run_action(self) -> None:
-        outcome = self.action.run()
-        self._result = (outcome, self._clock())
+    def _run_action(self, decision: Decision) -> None:
+        action = decision.action
+        success, error = self._carry_out(decision)
+        self._result = (action, success, error, self._clock())
+
+    def _carry_out(self, decision: Decision) -> tuple[bool, str | None]:
+        action = decision.action
+        if action is Action.RESTART:
+            if not self.dry_run and self._unit_stopped is not None:
+                # the last word before starting anything: never start what an operator stopped
+                stopped = self._unit_stopped()
+                if stopped:
+                    return False, f"not restarted: {stopped}"
+            outcome = self.action.run()
+            return outcome.success, outcome.error
+        if self.dry_run:
+            return True, None
+        remedies = self.remedies
+        if remedies is None:
+            return False, "no way to carry out this action here (no Ollama client)"
+        if action is Action.UNLOAD_MODEL:
+            result = remedies.unload_model(decision.model)
+        elif action is Action.KILL_RUNNER:
+            result = remedies.kill_runner(decision.model)
+        else:
+            result = remedies.kill_orphans(decision.procs)
+        fields: Mapping[str, object] = result.detail
+        if result.success:
+            self._log.info(
+                f"{action}_succeeded", duration_s=round(result.duration, 3), **fields
+            )
+        else:
+            self._log.error(
+                f"{action}_failed", error=result.error, duration_s=round(result.duration, 3),
+                **fields,
+            )  # fmt: skip
+        return result.success, result.error
 
 
-__all__ = ["State", "Watchdog", "policy_metrics"]
+__all__ = ["REMEDIATION_SERIES", "State", "Watchdog", "policy_metrics"]

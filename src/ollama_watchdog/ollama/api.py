@@ -359,6 +359,31 @@ class OllamaClient:
             eval_duration_s=_int(final, "eval_duration", "generate", required=False) * ns,
         )
 
+    def capabilities(self, model: str) -> tuple[str, ...] | None:
+        """``/api/show``'s ``capabilities`` of ``model`` (``completion``, ``embedding``, ...);
+        None where this Ollama does not report them (before 0.30)."""
+        resp = self._request("POST", "/api/show", json_body={"model": model})
+        try:
+            raw = resp.content
+        except requests.exceptions.RequestException as exc:
+            raise ProbeError("bad_response", "/api/show: " + one_line(str(exc), 80)) from None
+        finally:
+            resp.close()
+        if len(raw) > _MAX_BODY:
+            raise ProbeError("bad_response", f"/api/show: body larger than {_MAX_BODY} bytes")
+        try:
+            body = _obj(json.loads(raw), "/api/show")
+        except (ValueError, UnicodeDecodeError):
+            raise ProbeError("bad_response", "/api/show: body is not JSON") from None
+        caps = body.get("capabilities")
+        return None if caps is None else _str_tuple(caps)
+
+    def unload(self, model: str, timeout: float | None = None) -> None:
+        """Ask Ollama to unload ``model`` now (``keep_alive: 0``, an empty prompt: FACTS.md)."""
+        body = {"model": model, "keep_alive": 0, "stream": False}
+        resp = self._request("POST", "/api/generate", json_body=body, timeout=timeout)
+        resp.close()
+
 
 def _iter_lines(resp: requests.Response, deadline: float, budget: float) -> Iterator[bytes]:
     try:

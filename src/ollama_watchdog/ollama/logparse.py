@@ -825,6 +825,29 @@ def _parse_rest(line: str, stream: LogStream) -> Event | None:
 
 _STREAM: Final = LogStream()
 
+#: llama-server's slot lines (v0.30+, FACTS.md §2.7): a request starts on a slot, ends on it
+_SLOT_START: Final = "| processing task"
+_SLOT_END: Final = "| stop processing"
+_SLOTS_IDLE: Final = "update_slots: all slots are idle"
+
+
+def slot_change(line: str) -> int | None:
+    """What a runner's slot line says about requests in flight: ``+1`` a request started on a
+    slot, ``-1`` one ended, ``0`` every slot of that runner is idle; None for any other line.
+
+    The substring tests run only on lines that mention ``slot`` (one ``in`` for all others).
+    """
+    if "slot" not in line:
+        return None
+    if _SLOT_START in line:
+        return 1
+    if _SLOT_END in line:
+        return -1
+    if _SLOTS_IDLE in line:
+        return 0
+    return None
+
+
 
 def reset_stream() -> None:
     """Forget the fault in progress of :func:`parse_line`'s stream (a new log begins)."""
@@ -844,4 +867,5 @@ __all__ = [
     "parse_line",
     "reset_stream",
     "runner_fault",
+    "slot_change",
 ]

@@ -33,4 +33,26 @@ def classify_argv(argv: Sequence[str]) -> Role | None:
     return None
 
 
-__all__ = ["Role", "classify_argv"]
+def runner_model_digest(argv: Sequence[str]) -> str | None:
+    """The sha256 hex of the blob a model process serves (its ``--model`` / ``-m`` argument,
+    a path ending in ``sha256-<hex>``), or None when the command line names none."""
+    path: str | None = None
+    for i, arg in enumerate(argv):
+        if arg in ("--model", "-m") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--model="):
+            path = arg.split("=", 1)[1]
+        if path is not None:
+            break
+    if not path:
+        return None
+    name = os.path.basename(path)
+    for prefix in ("sha256-", "sha256:"):
+        if name.startswith(prefix):
+            digest = name[len(prefix) :]
+            if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+                return digest
+    return None
+
+
+__all__ = ["Role", "classify_argv", "runner_model_digest"]

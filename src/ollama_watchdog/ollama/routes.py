@@ -67,6 +67,22 @@ ROUTES: tuple[Route, ...] = (
     _r("/v1/messages", "POST"),
 )
 
+#: the routes that run a model (what users of an inference service feel): completions, chats,
+#: embeddings, native and OpenAI/Anthropic-compatible
+INFERENCE_ROUTES: frozenset[str] = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+
 #: every value the ``route`` label can take
 ROUTE_LABELS: frozenset[str] = frozenset({r.template for r in ROUTES} | {OTHER})
 
@@ -99,4 +115,13 @@ def method_label(method: str) -> str:
     return method if method in METHODS else OTHER
 
 
-__all__ = ["METHODS", "OTHER", "ROUTES", "ROUTE_LABELS", "Route", "method_label", "route_label"]
+__all__ = [
+    "INFERENCE_ROUTES",
+    "METHODS",
+    "OTHER",
+    "ROUTES",
+    "ROUTE_LABELS",
+    "Route",
+    "method_label",
+    "route_label",
+]

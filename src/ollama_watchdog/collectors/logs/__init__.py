@@ -18,6 +18,7 @@ raises, which the scheduler records as ``ollama_watchdog_collector_success{colle
 The package, one job per module:
 
 * :mod:`.counters`: events -> counters -> metric families (:class:`LogCounters`);
+* :mod:`.activity`: progress and requests in flight, as signals for the healing side;
 * :mod:`.model_names`: the blob -> model name cache for the ``model`` label;
 * :mod:`.follower`: what both followers share (thread, backoff, problem state);
 * :mod:`.file`: :class:`FileFollower` (rotation, copytruncate);
@@ -31,17 +32,19 @@ lines and never need to change for it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 from prometheus_client.metrics_core import Metric
 
+from ollama_watchdog.collectors.logs.activity import Activity
 from ollama_watchdog.collectors.logs.counters import LogCounters
 from ollama_watchdog.collectors.logs.file import FileFollower
 from ollama_watchdog.collectors.logs.follower import Follower, LogSourceError
 from ollama_watchdog.collectors.logs.journal import JournalFollower
 from ollama_watchdog.collectors.logs.model_names import ModelNames
+from ollama_watchdog.signals import Signal
 
 Source = Literal["journald", "file", "none"]
 
@@ -62,8 +65,11 @@ class LogsCollector:
         poll_interval: float = 0.2,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
+        emit: Callable[[Signal], None] | None = None,
     ) -> None:
-        self.counters = LogCounters(ModelNames(models_dir))
+        # with a signal channel, progress and requests in flight go to the healing side
+        activity = Activity(emit) if emit is not None else None
+        self.counters = LogCounters(ModelNames(models_dir), on_batch=activity)
         self.follower: Follower | None
         if source == "journald":
             # one cursor per unit: ollama-watchdog@N instances share the StateDirectory

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -69,7 +69,14 @@ class LogCounters:
     wrote them, FACTS.md §2.7).
     """
 
-    def __init__(self, models: ModelNames | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelNames | None = None,
+        on_batch: Callable[[Sequence[str], Sequence[Event], Callable[[], str]], None] | None = None,
+    ) -> None:
+        #: called after each batch (follower thread) with its lines, its events and a function
+        #: giving the model of a timing line: the healing side's activity tracker
+        self._on_batch = on_batch
         self._lock = threading.Lock()
         self._models = models or ModelNames(None)
         self.lines = 0
@@ -87,11 +94,14 @@ class LogCounters:
         """Parse and count a batch of lines (one lock acquisition per batch)."""
         # Parse outside the lock, so collect() never waits for it. Most lines give no event
         # (None) and are only counted.
-        parsed = list(map(parse_line, lines))
+        batch = lines if isinstance(lines, list) else list(lines)
+        parsed = list(map(parse_line, batch))
         events = [event for event in parsed if event is not None]
         with self._lock:
             self.lines += len(parsed)
             self._count(events)
+        if self._on_batch is not None:
+            self._on_batch(batch, events, self._current_model)
 
     def _count(self, events: list[Event]) -> None:
         # One loop per batch with the counters bound to locals: this runs for every event.
