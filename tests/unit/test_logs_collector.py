@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -419,6 +419,79 @@ def test_journald_unknown_cursor_starts_at_the_end(journal: FakeJournal, tmp_pat
         assert requests_total(collector) == 1
     finally:
         collector.stop()
+
+
+# A cursor file is state on disk: whatever is found there, the daemon starts, follows from the
+# end, logs once what was wrong with the file and writes a good one back.
+def _bad_utf8(p: Path) -> None:
+    p.write_bytes(b"s=4f2b\xff\xfe;i=1\n")
+
+
+def _nul(p: Path) -> None:
+    p.write_bytes(b"s=4f2b8e0c;i=1\x00\x00\x00\n")
+
+
+def _directory(p: Path) -> None:
+    p.mkdir()
+    (p / "inside").write_text("x")
+
+
+def _huge(p: Path) -> None:
+    p.write_bytes(b"s=" + b"a" * (1 << 20))  # one "cursor" past the kernel's 128 KiB per argument
+
+
+def _fifo(p: Path) -> None:
+    os.mkfifo(p)  # opening it for reading would wait for a writer forever
+
+
+def _not_a_cursor(p: Path) -> None:
+    p.write_text("--lines=all --output=export\n")  # would become journalctl options
+
+
+def _symlink_to_zero(p: Path) -> None:
+    p.symlink_to("/dev/zero")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_bad_utf8, "is not valid UTF-8"),
+        (_nul, "contains NUL bytes"),
+        (_directory, "is a directory"),
+        (_huge, "more than 4096"),
+        (_fifo, "is not a regular file"),
+        (_not_a_cursor, "does not hold a valid value"),
+        (_symlink_to_zero, "is a symbolic link"),
+    ],
+    ids=["invalid-utf8", "nul-bytes", "directory", "huge", "fifo", "not-a-cursor", "symlink"],
+)
+def test_journald_bad_cursor_file_is_dropped_and_rewritten(
+    journal: FakeJournal, tmp_path: Path, damage: Callable[[Path], None], problem: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    cursor_file = state / "journal-cursor-ollama.service"
+    damage(cursor_file)
+    journal.append(gin(200, "1ms", "GET", "/"))  # history: not counted on a fresh start
+    with structlog.testing.capture_logs() as logs:
+        collector = journald(journal, state)
+        collector.start()
+        try:
+            wait_until(lambda: any("--lines=0" in c for c in journal.calls()), "a fresh start")
+            journal.append(*[gin(200, "1ms", "GET", "/api/ps")] * 2)
+            wait_until(lambda: requests_total(collector) == 2, "the new lines")
+            assert collector.collect()  # success, not stuck
+        finally:
+            collector.stop()
+    invalid = [e for e in logs if e["event"] == "state_file_invalid"]
+    assert len(invalid) == 1
+    assert invalid[0]["path"] == str(cursor_file)
+    assert problem in invalid[0]["problem"]
+    # rewritten: a regular file holding the cursor of the last line counted, nothing left over
+    assert cursor_file.is_file() and not cursor_file.is_symlink()
+    assert cursor_file.read_text() == journal.last_cursor() + "\n"
+    assert sorted(p.name for p in state.iterdir()) == [cursor_file.name]
 
 
 def test_journal_follower_builds_container_commands(tmp_path: Path) -> None:
