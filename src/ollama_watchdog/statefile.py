@@ -12,7 +12,10 @@ new content, never a mix:
   fresh and its next write puts a good file back.
 * :func:`write_state_atomic` writes a temporary file in the same directory, fsyncs it, renames
   it over the path and fsyncs the directory; it raises ``OSError`` and leaves no temporary file.
-* :class:`StateFile` is both for one path.
+* :class:`StateFile` is both for one path, with a failed write counted and logged when it
+  starts failing and when it works again (a read-only or full state dir must not stop anything
+  that writes state every second). The count is process-wide,
+  ``ollama_watchdog_state_write_failures_total``, exported by the daemon (:func:`families`).
 """
 
 from __future__ import annotations
@@ -22,17 +25,46 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import structlog
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from ollama_watchdog.oneline import one_line
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+_lock = threading.Lock()
+_write_failures = 0
+
+
+def write_failures() -> int:
+    """State writes that failed in this process (all state files together)."""
+    with _lock:
+        return _write_failures
+
+
+def _count_failure() -> None:
+    global _write_failures
+    with _lock:
+        _write_failures += 1
+
+
+def families() -> list[Metric]:
+    """The state files' own families, for the daemon's self-metrics."""
+    return [
+        CounterMetricFamily(
+            "ollama_watchdog_state_write_failures",
+            "Writes of a state file in state_dir (journald cursor, ...) that failed: the state "
+            "dir is read-only, full or not a directory. What was being saved is kept in memory.",
+            value=write_failures(),
+        )
+    ]
 
 
 class _Invalid(Exception):
@@ -136,7 +168,12 @@ def write_state_atomic(path: Path, data: str | bytes) -> None:
 
 
 class StateFile(Generic[T]):
-    """One state file: :meth:`load` through :func:`read_state`, :meth:`save` atomically."""
+    """One state file: :meth:`load` through :func:`read_state`, :meth:`save` never raising.
+
+    A failed save is counted (``ollama_watchdog_state_write_failures_total``) and logged when
+    saving starts failing (``state_write_failed``) and when it works again
+    (``state_write_recovered``), not once per attempt.
+    """
 
     def __init__(
         self,
@@ -149,17 +186,34 @@ class StateFile(Generic[T]):
         self._max_bytes = max_bytes
         self._validate = validate
         self._encode = encode
+        self._failing = 0  # failed saves since the last good one
 
     def load(self) -> T | None:
         return read_state(self.path, self._max_bytes, self._validate)
 
-    def save(self, value: T) -> None:
-        """Write ``value`` (one line); raise ``OSError`` when it cannot."""
-        write_state_atomic(self.path, self._encode(value) + "\n")
+    def save(self, value: T) -> bool:
+        """Write ``value``; False (counted, logged on the first of a run) when it failed."""
+        try:
+            write_state_atomic(self.path, self._encode(value) + "\n")
+        except OSError as exc:
+            _count_failure()
+            if not self._failing:
+                log.warning("state_write_failed", path=str(self.path), error=one_line(str(exc)))
+            self._failing += 1
+            return False
+        if self._failing:
+            log.info("state_write_recovered", path=str(self.path), failed_writes=self._failing)
+            self._failing = 0
+        return True
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Forget the state (a later :meth:`load` finds none); a failure is only logged."""
+        try:
             self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("state_file_remove_failed", path=str(self.path), error=one_line(str(exc)))
 
 
-__all__ = ["StateFile", "read_state", "write_state_atomic"]
+__all__ = ["StateFile", "families", "read_state", "write_failures", "write_state_atomic"]

@@ -7,8 +7,11 @@ prints recorded ``journalctl -o json`` records from a file, honours ``--after-cu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import structlog
+from prometheus_client import generate_latest
 from support.journal import stdout_entry_fields
 from support.registry import registry_of
 from support.wait import wait_until
 
+from ollama_watchdog import statefile
 from ollama_watchdog.collectors.logs import LogsCollector, LogSourceError
 from ollama_watchdog.collectors.logs.counters import LogCounters
 from ollama_watchdog.collectors.logs.file import FileFollower
@@ -492,6 +497,66 @@ def test_journald_bad_cursor_file_is_dropped_and_rewritten(
     assert cursor_file.is_file() and not cursor_file.is_symlink()
     assert cursor_file.read_text() == journal.last_cursor() + "\n"
     assert sorted(p.name for p in state.iterdir()) == [cursor_file.name]
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` made read-only by a read-only bind mount over itself (real EROFS)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root and mount(8)")
+    mounted = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_journald_read_only_state_dir_is_counted_and_counting_goes_on(
+    journal: FakeJournal, tmp_path: Path
+) -> None:
+    """A cursor save that fails (state dir read-only or full) neither stops nor restarts the
+    follower: it is counted, logged when it starts failing and when it works again."""
+    state = tmp_path / "state"
+    state.mkdir()
+    counters = LogCounters()
+    cursor_file = state / "journal-cursor-ollama.service"
+    follower = JournalFollower(
+        counters.feed, cursor_file, command=journal.command, save_every=0.0,
+        backoff_initial=0.05, backoff_max=0.2,
+    )  # fmt: skip
+    failures_before = statefile.write_failures()
+    with structlog.testing.capture_logs() as logs:
+        with read_only(state):
+            follower.start()
+            try:
+                wait_until(lambda: len(journal.calls()) == 1, "journalctl to start")
+                for n in range(1, 6):  # one batch at a time: a save (that fails) after each
+                    journal.append(gin(200, "1ms", "GET", "/api/tags"))
+                    wait_until(lambda n=n: counters.lines == n, f"line {n} counted")
+                wait_until(lambda: statefile.write_failures() - failures_before >= 5, "saves")
+                assert follower.problem is None and follower.restarts == 0
+                assert not cursor_file.exists()
+            finally:
+                follower.stop()
+        # writable again: the next run saves the cursor it has
+        follower.start()
+        try:
+            journal.append(gin(200, "1ms", "GET", "/"))
+            wait_until(lambda: counters.lines == 6, "the line after the remount")
+        finally:
+            follower.stop()
+    assert cursor_file.read_text() == journal.last_cursor() + "\n"
+    failed = [e for e in logs if e["event"] == "state_write_failed"]
+    assert len(failed) == 1 and failed[0]["path"] == str(cursor_file)
+    assert "Read-only file system" in failed[0]["error"]
+    recovered = [e for e in logs if e["event"] == "state_write_recovered"]
+    assert len(recovered) == 1 and recovered[0]["failed_writes"] >= 5
+    assert not [e for e in logs if e["event"] == "log_follower_failed"]
+    text = generate_latest(registry_of(statefile.families)).decode()
+    assert f"ollama_watchdog_state_write_failures_total {float(statefile.write_failures())}" in text
 
 
 def test_journal_follower_builds_container_commands(tmp_path: Path) -> None:

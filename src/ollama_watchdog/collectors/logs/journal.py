@@ -83,8 +83,10 @@ class JournalFollower(Follower):
     def _save_cursor(self) -> None:
         if self._cursor is None or self._cursor == self._saved:
             return
-        self._state.save(self._cursor)
-        self._saved = self._cursor
+        # a state dir that is read-only or full is counted and logged by the StateFile; the
+        # cursor stays in memory and counting goes on (a restart may then recount some lines)
+        if self._state.save(self._cursor):
+            self._saved = self._cursor
 
     def argv(self) -> list[str]:
         where = (
