@@ -31,6 +31,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from ollama_watchdog import statefile
 from ollama_watchdog.collectors import (
     REGISTRY,
     BackgroundCollector,
@@ -213,7 +214,7 @@ class DaemonSelf:
             "When the configuration was last loaded successfully, as a Unix time.",
         )
         at.add_metric([], d.reload_ok_at)
-        return [ok, at, *d.watchdog.collect()]
+        return [ok, at, *statefile.families(), *d.watchdog.collect()]
 
 
 class Daemon:

@@ -40,6 +40,7 @@ STABLE = {
     "ollama_watchdog_state",
     "ollama_watchdog_collector_success",
     "ollama_watchdog_config_last_reload_successful",
+    "ollama_watchdog_state_write_failures_total",
     "ollama_watchdog_restarts_total",
     "ollama_watchdog_restart_failures_total",
     "ollama_watchdog_consecutive_failures",

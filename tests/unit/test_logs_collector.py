@@ -7,19 +7,24 @@ prints recorded ``journalctl -o json`` records from a file, honours ``--after-cu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
+from prometheus_client import generate_latest
 from support.journal import stdout_entry_fields
 from support.registry import registry_of
 from support.wait import wait_until
 
+from ollama_watchdog import statefile
 from ollama_watchdog.collectors.logs import LogsCollector, LogSourceError
 from ollama_watchdog.collectors.logs.counters import LogCounters
 from ollama_watchdog.collectors.logs.file import FileFollower
@@ -419,6 +424,139 @@ def test_journald_unknown_cursor_starts_at_the_end(journal: FakeJournal, tmp_pat
         assert requests_total(collector) == 1
     finally:
         collector.stop()
+
+
+# A cursor file is state on disk: whatever is found there, the daemon starts, follows from the
+# end, logs once what was wrong with the file and writes a good one back.
+def _bad_utf8(p: Path) -> None:
+    p.write_bytes(b"s=4f2b\xff\xfe;i=1\n")
+
+
+def _nul(p: Path) -> None:
+    p.write_bytes(b"s=4f2b8e0c;i=1\x00\x00\x00\n")
+
+
+def _directory(p: Path) -> None:
+    p.mkdir()
+    (p / "inside").write_text("x")
+
+
+def _huge(p: Path) -> None:
+    p.write_bytes(b"s=" + b"a" * (1 << 20))  # one "cursor" past the kernel's 128 KiB per argument
+
+
+def _fifo(p: Path) -> None:
+    os.mkfifo(p)  # opening it for reading would wait for a writer forever
+
+
+def _not_a_cursor(p: Path) -> None:
+    p.write_text("--lines=all --output=export\n")  # would become journalctl options
+
+
+def _symlink_to_zero(p: Path) -> None:
+    p.symlink_to("/dev/zero")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_bad_utf8, "is not valid UTF-8"),
+        (_nul, "contains NUL bytes"),
+        (_directory, "is a directory"),
+        (_huge, "more than 4096"),
+        (_fifo, "is not a regular file"),
+        (_not_a_cursor, "does not hold a valid value"),
+        (_symlink_to_zero, "is a symbolic link"),
+    ],
+    ids=["invalid-utf8", "nul-bytes", "directory", "huge", "fifo", "not-a-cursor", "symlink"],
+)
+def test_journald_bad_cursor_file_is_dropped_and_rewritten(
+    journal: FakeJournal, tmp_path: Path, damage: Callable[[Path], None], problem: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    cursor_file = state / "journal-cursor-ollama.service"
+    damage(cursor_file)
+    journal.append(gin(200, "1ms", "GET", "/"))  # history: not counted on a fresh start
+    with structlog.testing.capture_logs() as logs:
+        collector = journald(journal, state)
+        collector.start()
+        try:
+            wait_until(lambda: any("--lines=0" in c for c in journal.calls()), "a fresh start")
+            journal.append(*[gin(200, "1ms", "GET", "/api/ps")] * 2)
+            wait_until(lambda: requests_total(collector) == 2, "the new lines")
+            assert collector.collect()  # success, not stuck
+        finally:
+            collector.stop()
+    invalid = [e for e in logs if e["event"] == "state_file_invalid"]
+    assert len(invalid) == 1
+    assert invalid[0]["path"] == str(cursor_file)
+    assert problem in invalid[0]["problem"]
+    # rewritten: a regular file holding the cursor of the last line counted, nothing left over
+    assert cursor_file.is_file() and not cursor_file.is_symlink()
+    assert cursor_file.read_text() == journal.last_cursor() + "\n"
+    assert sorted(p.name for p in state.iterdir()) == [cursor_file.name]
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` made read-only by a read-only bind mount over itself (real EROFS)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root and mount(8)")
+    mounted = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_journald_read_only_state_dir_is_counted_and_counting_goes_on(
+    journal: FakeJournal, tmp_path: Path
+) -> None:
+    """A cursor save that fails (state dir read-only or full) neither stops nor restarts the
+    follower: it is counted, logged when it starts failing and when it works again."""
+    state = tmp_path / "state"
+    state.mkdir()
+    counters = LogCounters()
+    cursor_file = state / "journal-cursor-ollama.service"
+    follower = JournalFollower(
+        counters.feed, cursor_file, command=journal.command, save_every=0.0,
+        backoff_initial=0.05, backoff_max=0.2,
+    )  # fmt: skip
+    failures_before = statefile.write_failures()
+    with structlog.testing.capture_logs() as logs:
+        with read_only(state):
+            follower.start()
+            try:
+                wait_until(lambda: len(journal.calls()) == 1, "journalctl to start")
+                for n in range(1, 6):  # one batch at a time: a save (that fails) after each
+                    journal.append(gin(200, "1ms", "GET", "/api/tags"))
+                    wait_until(lambda n=n: counters.lines == n, f"line {n} counted")
+                wait_until(lambda: statefile.write_failures() - failures_before >= 5, "saves")
+                assert follower.problem is None and follower.restarts == 0
+                assert not cursor_file.exists()
+            finally:
+                follower.stop()
+        # writable again: the next run saves the cursor it has
+        follower.start()
+        try:
+            journal.append(gin(200, "1ms", "GET", "/"))
+            wait_until(lambda: counters.lines == 6, "the line after the remount")
+        finally:
+            follower.stop()
+    assert cursor_file.read_text() == journal.last_cursor() + "\n"
+    failed = [e for e in logs if e["event"] == "state_write_failed"]
+    assert len(failed) == 1 and failed[0]["path"] == str(cursor_file)
+    assert "Read-only file system" in failed[0]["error"]
+    recovered = [e for e in logs if e["event"] == "state_write_recovered"]
+    assert len(recovered) == 1 and recovered[0]["failed_writes"] >= 5
+    assert not [e for e in logs if e["event"] == "log_follower_failed"]
+    text = generate_latest(registry_of(statefile.families)).decode()
+    assert f"ollama_watchdog_state_write_failures_total {float(statefile.write_failures())}" in text
 
 
 def test_journal_follower_builds_container_commands(tmp_path: Path) -> None:

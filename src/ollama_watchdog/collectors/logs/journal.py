@@ -7,9 +7,8 @@ begins at the end of the journal.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -19,12 +18,23 @@ import structlog
 
 from ollama_watchdog.collectors.logs.follower import Follower, LogSourceError, Sink
 from ollama_watchdog.procgroup import stop_process_group
+from ollama_watchdog.statefile import StateFile
 
 log = structlog.get_logger(__name__)
 
 #: seconds journalctl gets after SIGTERM before its group is killed
 _STOP_GRACE_S = 5.0
 _CHUNK = 1 << 16  # bytes of journalctl output read at a time at most
+#: a cursor is some 150 characters; a cursor file bigger than this is not one we wrote
+CURSOR_MAX_BYTES = 4096
+# journald's cursor: ``s=<hex>;i=<hex>;b=<hex>;m=<hex>;t=<hex>;x=<hex>`` (sd_journal_get_cursor)
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_]+=[0-9A-Za-z]+(;[A-Za-z0-9_]+=[0-9A-Za-z]+)*")
+
+
+def valid_cursor(text: str) -> str | None:
+    """``text`` when it has the form of a journald cursor (so it can go on journalctl's
+    command line), else None."""
+    return text if _CURSOR_RE.fullmatch(text) else None
 
 
 class JournalFollower(Follower):
@@ -33,7 +43,8 @@ class JournalFollower(Follower):
     ``command`` is the journalctl invocation prefix, e.g. ``("journalctl",)``,
     ``("journalctl", "-D", "/path/to/journal")`` or an ``nsenter … journalctl`` prefix for a
     container. The cursor of the last line counted goes to ``cursor_file`` at most every
-    ``save_every`` seconds and when stopping.
+    ``save_every`` seconds and when stopping; the file is read and written through
+    :class:`~ollama_watchdog.statefile.StateFile` (never trusted, written atomically).
 
     journalctl is asked for MESSAGE alone (``--output-fields``, systemd 236+; it adds the
     cursor and timestamps itself): a service's stdout entry carries some twenty fields, and
@@ -56,10 +67,11 @@ class JournalFollower(Follower):
     ) -> None:
         super().__init__(sink, backoff_initial, backoff_max)
         self.cursor_file = cursor_file
+        self._state = StateFile(cursor_file, CURSOR_MAX_BYTES, valid_cursor)
         self.unit = unit
         self.command = tuple(command)
         self._save_every = save_every
-        self._cursor: str | None = self._load_cursor()
+        self._cursor: str | None = self._state.load()
         self._saved: str | None = self._cursor
         self._proc: subprocess.Popen[bytes] | None = None
         self._output_fields = True  # False once journalctl refused --output-fields
@@ -68,21 +80,13 @@ class JournalFollower(Follower):
     def cursor(self) -> str | None:
         return self._cursor
 
-    def _load_cursor(self) -> str | None:
-        try:
-            text = self.cursor_file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        return text or None
-
     def _save_cursor(self) -> None:
         if self._cursor is None or self._cursor == self._saved:
             return
-        self.cursor_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cursor_file.with_name(self.cursor_file.name + ".tmp")
-        tmp.write_text(self._cursor + "\n", encoding="utf-8")
-        os.replace(tmp, self.cursor_file)  # atomic: a crash leaves the old or the new cursor
-        self._saved = self._cursor
+        # a state dir that is read-only or full is counted and logged by the StateFile; the
+        # cursor stays in memory and counting goes on (a restart may then recount some lines)
+        if self._state.save(self._cursor):
+            self._saved = self._cursor
 
     def argv(self) -> list[str]:
         where = (
@@ -127,7 +131,7 @@ class JournalFollower(Follower):
                     if message is not None:
                         lines += message.split("\n")
                     if isinstance(record.get("__CURSOR"), str):
-                        cursor = record["__CURSOR"]
+                        cursor = valid_cursor(record["__CURSOR"]) or cursor
                 if lines:
                     self._sink(lines)
                 if cursor is not None:
@@ -150,8 +154,7 @@ class JournalFollower(Follower):
             # the journal no longer has our cursor (vacuumed, other machine): start at the end
             log.warning("journal_cursor_dropped", cursor=self._cursor, error=err[:200])
             self._cursor = self._saved = None
-            with contextlib.suppress(FileNotFoundError):
-                self.cursor_file.unlink()
+            self._state.remove()
         raise LogSourceError(f"journalctl exited with {proc.returncode}: {err[-200:]}")
 
     def _interrupt(self) -> None:
@@ -169,4 +172,4 @@ def decode_message(value: object) -> str | None:
     return None
 
 
-__all__ = ["JournalFollower", "decode_message"]
+__all__ = ["CURSOR_MAX_BYTES", "JournalFollower", "decode_message", "valid_cursor"]
