@@ -172,6 +172,13 @@ def test_dry_run_decides_but_does_not_restart(
         assert d.wait_value("ollama_up", 1.0) == 1.0
         pid = int(supervisor.pidfile.read_text())
         control(supervisor, "hang")
-        assert d.wait_value("ollama_watchdog_restarts_total", 1.0, reason="liveness") == 1.0
+        # the decision is counted apart: restarts_total counts what was carried out
+        skipped = d.wait_value(
+            "ollama_watchdog_remediations_skipped_total", 1.0,
+            action="restart_server", reason="liveness",
+        )  # fmt: skip
+        assert skipped == 1.0
+        assert d.wait_value("ollama_watchdog_restarts_total", 0.0, reason="liveness") == 0.0
+        assert d.wait_value("ollama_watchdog_dry_run", 1.0) == 1.0
         assert events(d, "restart_command_skipped")
         assert int(supervisor.pidfile.read_text()) == pid and supervisor.starts == 1

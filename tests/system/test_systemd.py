@@ -310,7 +310,9 @@ def test_hardening_confines_the_watchdog_to_its_state_dir(container: Container) 
     status = c.run(["cat", f"/proc/{pid}/status"]).stdout
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     assert fields["NoNewPrivs"].strip() == "1"
-    assert int(fields["CapEff"].strip(), 16) == 0
+    # CAP_KILL (bit 5) and nothing else: the healing ladder kills a wedged or orphaned runner
+    assert int(fields["CapEff"].strip(), 16) == 1 << 5
+    assert int(fields["CapBnd"].strip(), 16) == 1 << 5
 
     uid = c.run(["id", "-u", WATCHDOG_USER]).stdout.strip()
     gid = c.run(["id", "-g", WATCHDOG_USER]).stdout.strip()

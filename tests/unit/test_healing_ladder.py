@@ -52,7 +52,8 @@ def test_a_rung_that_worked_is_followed_by_the_next_only_if_the_wedge_returns() 
     p.observe(deep_fail(), 1.0)
     assert p.observe(deep_fail(), 2.0).action is Action.UNLOAD_MODEL
     assert p.action_finished(Action.UNLOAD_MODEL, True, None, 3.0).action is Action.NONE
-    assert p.observe(Signal(SignalKind.DEEP_PROBE, True, model=MODEL), 4.0).state_after is State.HEALTHY
+    passed = Signal(SignalKind.DEEP_PROBE, True, model=MODEL)
+    assert p.observe(passed, 4.0).state_after is State.HEALTHY
     # passing again resets the ladder
     p.observe(deep_fail(), 10.0)
     assert p.observe(deep_fail(), 11.0).action is Action.UNLOAD_MODEL
@@ -103,7 +104,8 @@ def test_maintenance_and_an_operator_stop_hold_every_action() -> None:
     q = policy()
     q.observe(Signal(SignalKind.UNIT, False, detail="inactive/dead, result success"), 0.5)
     for t in range(1, 10):
-        assert q.observe(Signal(SignalKind.LIVENESS, False, "refused"), float(t)).action is Action.NONE
+        down = Signal(SignalKind.LIVENESS, False, "refused")
+        assert q.observe(down, float(t)).action is Action.NONE
     assert q.snapshot(10.0).state is State.MAINTENANCE
 
 

@@ -18,11 +18,11 @@ from support.registry import registry_of
 
 from ollama_watchdog.config import WatchdogConfig
 from ollama_watchdog.healing.policy import (
-    Cause,
     EVENT_GAVE_UP,
     EVENT_RESTART_DECIDED,
     EVENT_RESTART_FINISHED,
     EVENT_STATE_CHANGED,
+    Cause,
     Decision,
     PolicySnapshot,
     State,
