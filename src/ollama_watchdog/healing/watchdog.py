@@ -83,8 +83,9 @@ def policy_metrics(
         "ollama_watchdog_remediations_skipped_total).",
         labels=["reason"],
     )
-    for cause in Cause:
-        restarts.add_metric([cause.value], float(done.get((Action.RESTART, cause), 0)))
+    for action, cause in REMEDIATION_SERIES:
+        if action is Action.RESTART:
+            restarts.add_metric([cause.value], float(done.get((action, cause), 0)))
     remediations = CounterMetricFamily(
         "ollama_watchdog_remediations",
         "Remediations carried out, by action and reason.",
