@@ -141,8 +141,11 @@ def read_state(path: Path, max_bytes: int, validate: Callable[[str], T | None]) 
         return None
 
 
-def write_state_atomic(path: Path, data: str | bytes) -> None:
-    """Replace the file's content atomically and durably; raise ``OSError`` when it cannot."""
+def write_state_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Replace the file's content atomically and durably; raise ``OSError`` when it cannot.
+
+    ``mode``: the file's permissions (a file another user must read, such as a maintenance
+    mark root writes for the daemon's user, passes 0o644)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,7 @@ def write_state_atomic(path: Path, data: str | bytes) -> None:
             view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -5,6 +5,8 @@ Pure policy, time by hand (as in test_watchdog_policy.py); properties with hypot
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +202,23 @@ def test_invariants_of_the_ladder(script: list[tuple[str, float]]) -> None:
     assert per_rung.get(Action.UNLOAD_MODEL, 0) <= HealingConfig().max_unloads
     assert per_rung.get(Action.KILL_RUNNER, 0) <= HealingConfig().max_kills
     assert per_rung.get(Action.RESTART, 0) <= WD.max_restarts
+
+
+def test_only_a_loaded_unit_stopped_cleanly_is_an_operators_stop() -> None:
+    from ollama_watchdog.collectors.evidence import UnitState
+
+    assert UnitState("inactive", "dead", "success", "loaded").stopped_on_purpose
+    # Ollama outside systemd while [ollama] unit keeps its default: systemd knows no such unit
+    assert not UnitState("inactive", "dead", "success", "not-found").stopped_on_purpose
+    assert not UnitState("failed", "failed", "exit-code", "loaded").stopped_on_purpose
+    assert not UnitState("active", "running", "success", "loaded").stopped_on_purpose
+
+
+def test_a_maintenance_mark_is_readable_by_others_and_expires(tmp_path: Path) -> None:
+    from ollama_watchdog.healing.maintenance import Mark, mark_path, read_mark, write_mark
+
+    write_mark(tmp_path, Mark(until=200.0, reason="driver update", by="ops", set_at=100.0))
+    assert mark_path(tmp_path).stat().st_mode & 0o777 == 0o644
+    assert read_mark(tmp_path, 150.0) == Mark(200.0, "driver update", "ops", 100.0)
+    assert read_mark(tmp_path, 200.0) is None  # expired: ignored and removed
+    assert not mark_path(tmp_path).exists()

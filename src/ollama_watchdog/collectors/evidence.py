@@ -14,8 +14,9 @@ emits one evidence signal of each kind per round (``signals.EVIDENCE``):
   a runner of this instance, seen for two rounds, that holds no GPU memory at all.
 * ``vram_held``, where NVML sees GPUs: Ollama's processes hold at least ``vram_min_bytes`` of
   GPU memory while ``/api/ps`` lists no model (memory not released after an unload or crash).
-* ``unit``: the Ollama unit is ``inactive`` after a clean stop (``Result=success``): an operator
-  stopped it on purpose, and nothing may start it again. ``failed`` is not on purpose.
+* ``unit``: the Ollama unit is loaded and ``inactive`` after a clean stop (``Result=success``):
+  an operator stopped it on purpose, and nothing may start it again. ``failed`` is not on
+  purpose, and neither is a unit systemd does not know (``LoadState=not-found``).
 
 It exports no families of its own (its success and duration are recorded like every
 collector's).
@@ -54,10 +55,13 @@ class UnitState:
     active: str
     sub: str
     result: str
+    #: ``LoadState``: a unit systemd does not know (``not-found``: Ollama runs outside systemd
+    #: while ``[ollama] unit`` keeps its default) reads "inactive, success" too, and is no stop
+    load: str = "loaded"
 
     @property
     def stopped_on_purpose(self) -> bool:
-        return self.active == "inactive" and self.result == "success"
+        return self.load == "loaded" and self.active == "inactive" and self.result == "success"
 
     def text(self) -> str:
         return f"{self.active}/{self.sub}, result {self.result}"
@@ -77,8 +81,8 @@ class SystemdUnitState:
             return None
         try:
             out = subprocess.run(
-                [self._systemctl, "show", "-p", "ActiveState", "-p", "SubState", "-p", "Result",
-                 self.unit],
+                [self._systemctl, "show", "-p", "LoadState", "-p", "ActiveState", "-p",
+                 "SubState", "-p", "Result", self.unit],
                 capture_output=True, text=True, timeout=self._timeout, check=True,
             ).stdout  # fmt: skip
         except (OSError, subprocess.SubprocessError) as exc:
@@ -90,7 +94,10 @@ class SystemdUnitState:
         active = fields.get("ActiveState", "")
         if not active:
             return None
-        return UnitState(active, fields.get("SubState", ""), fields.get("Result", ""))
+        return UnitState(
+            active, fields.get("SubState", ""), fields.get("Result", ""),
+            fields.get("LoadState", ""),
+        )  # fmt: skip
 
 
 class EvidenceCollector:

@@ -8,8 +8,8 @@ time, so the mark never outlives it, reboots included: an expired mark is ignore
 by whoever reads it. Every mark expires: ``--for`` defaults to one hour and is capped at seven
 days (a forgotten "on" must not switch healing off for good).
 
-The file is small JSON written atomically (a temporary file in the same directory, fsync,
-rename, fsync of the directory), mode 0644 so the daemon's user can read a mark root wrote. A
+The file is small JSON written atomically by ``statefile.write_state_atomic``, mode 0644
+so the daemon's user can read a mark root wrote. A
 file that is not a valid mark is reported once, by path and why, and treated as no mark.
 """
 
@@ -27,6 +27,7 @@ from typing import Final
 
 from ollama_watchdog.config import human_duration
 from ollama_watchdog.oneline import one_line
+from ollama_watchdog.statefile import write_state_atomic
 
 MARK_NAME: Final = "maintenance.json"
 DEFAULT_DURATION: Final = 3600.0
@@ -119,26 +120,10 @@ def read_mark(state_dir: Path, now: float, *, remove_expired: bool = True) -> Ma
 def write_mark(state_dir: Path, mark: Mark) -> Path:
     """Write ``mark`` atomically; raise :class:`MarkError` naming the fix on failure."""
     path = mark_path(state_dir)
-    tmp = state_dir / f".{MARK_NAME}.{os.getpid()}.tmp"
-    data = json.dumps(mark.as_json(), sort_keys=True).encode() + b"\n"
+    data = json.dumps(mark.as_json(), sort_keys=True) + "\n"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o644)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_state_atomic(path, data, mode=0o644)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise MarkError(
             f"{path}: cannot write the maintenance mark: {exc.strerror}; run as root or as "
             f"the owner of {state_dir} (sudo ollama-watchdog maintenance ...)"

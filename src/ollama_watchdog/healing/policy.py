@@ -157,6 +157,13 @@ def _short(error: str | None, fallback: str) -> str:
     return one_line(error or fallback, _ERROR_LIMIT)
 
 
+def _since(since: float | None, ok: bool, now: float) -> float | None:
+    """When a condition began: kept while it holds, None once a signal says it is gone."""
+    if ok:
+        return None
+    return now if since is None else since
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -476,10 +483,7 @@ class WatchdogPolicy:
         now, before = self._advance(now)
         was = self._held()
         self._maintenance = reason
-        if was and not self._held():
-            self._resume(now)
-        elif self._held():
-            self._drain = None
+        self._hold_changed(was, now)
         return self._decide(before, now)
 
     def action_finished(
@@ -583,24 +587,23 @@ class WatchdogPolicy:
         elif kind is SignalKind.ORPHANS:
             ev.orphans = {p: ev.orphans.get(p, now) for p in signal.procs}
         elif kind is SignalKind.CPU_FALLBACK:
-            if signal.ok:
-                ev.cpu_fallback_since = None
-            elif ev.cpu_fallback_since is None:
-                ev.cpu_fallback_since = now
+            ev.cpu_fallback_since = _since(ev.cpu_fallback_since, signal.ok, now)
             ev.cpu_fallback_detail = signal.detail
         elif kind is SignalKind.VRAM_HELD:
-            if signal.ok:
-                ev.vram_held_since = None
-            elif ev.vram_held_since is None:
-                ev.vram_held_since = now
+            ev.vram_held_since = _since(ev.vram_held_since, signal.ok, now)
             ev.vram_held_detail = signal.detail
         elif kind is SignalKind.UNIT:
             was = self._held()
             ev.unit_stopped = "" if signal.ok else (signal.detail or "stopped")
-            if was and not self._held():
-                self._resume(now)
-            elif self._held():
-                self._drain = None
+            self._hold_changed(was, now)
+
+    def _hold_changed(self, was: str, now: float) -> None:
+        """A hold (maintenance, operator stop) began or ended: a planned wait is dropped, and
+        when the last hold ends the policy starts afresh."""
+        if was and not self._held():
+            self._resume(now)
+        elif self._held():
+            self._drain = None
 
     def _is_busy(self, signal: Signal) -> bool:
         if not self._progress_known or signal.reason != "timeout":
