@@ -222,3 +222,16 @@ def test_a_maintenance_mark_is_readable_by_others_and_expires(tmp_path: Path) ->
     assert read_mark(tmp_path, 150.0) == Mark(200.0, "driver update", "ops", 100.0)
     assert read_mark(tmp_path, 200.0) is None  # expired: ignored and removed
     assert not mark_path(tmp_path).exists()
+
+
+def test_maintenance_cli_sets_shows_and_clears_the_mark(tmp_path: Path) -> None:
+    from ollama_watchdog.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[logs]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert main(["maintenance", "status", "--config", str(config)]) == 1
+    assert main(["maintenance", "on", "--for", "30m", "--reason", "x", "--config", str(config)]) == 0
+    assert main(["maintenance", "--config", str(config), "status"]) == 0
+    assert main(["maintenance", "on", "--for", "8d", "--config", str(config)]) == 64  # capped
+    assert main(["maintenance", "off", "--config", str(config)]) == 0
+    assert main(["maintenance", "status", "--config", str(config)]) == 1

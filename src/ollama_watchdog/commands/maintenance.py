@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from ollama_watchdog.config import Config, format_duration, human_duration, parse_duration
 from ollama_watchdog.healing.maintenance import (
@@ -46,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub.add_parser("off", help="clear the mark: remediation resumes (after a start-up grace)")
     status = sub.add_parser("status", help="show the mark; exit 0 if one is in force, else 1")
     status.add_argument("--json", action="store_true", help="print JSON")
+    for parser in sub.choices.values():
+        # `maintenance on --config F` as well as `maintenance --config F on`
+        parser.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS,
+            help="TOML config file (its [logs] state_dir holds the mark)",
+        )  # fmt: skip
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
