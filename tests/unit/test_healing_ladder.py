@@ -230,7 +230,8 @@ def test_maintenance_cli_sets_shows_and_clears_the_mark(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'[logs]\nstate_dir = "{tmp_path / "state"}"\n')
     assert main(["maintenance", "status", "--config", str(config)]) == 1
-    assert main(["maintenance", "on", "--for", "30m", "--reason", "x", "--config", str(config)]) == 0
+    on = ["maintenance", "on", "--for", "30m", "--reason", "x"]
+    assert main([*on, "--config", str(config)]) == 0
     assert main(["maintenance", "--config", str(config), "status"]) == 0
     assert main(["maintenance", "on", "--for", "8d", "--config", str(config)]) == 64  # capped
     assert main(["maintenance", "off", "--config", str(config)]) == 0
