@@ -7,11 +7,9 @@ prints recorded ``journalctl -o json`` records from a file, honours ``--after-cu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +20,7 @@ import pytest
 import structlog
 from prometheus_client import generate_latest
 from support.journal import stdout_entry_fields
+from support.mounts import read_only
 from support.registry import registry_of
 from support.wait import wait_until
 
@@ -499,21 +498,6 @@ def test_journald_bad_cursor_file_is_dropped_and_rewritten(
     assert cursor_file.is_file() and not cursor_file.is_symlink()
     assert cursor_file.read_text() == journal.last_cursor() + "\n"
     assert sorted(p.name for p in state.iterdir()) == [cursor_file.name]
-
-
-@contextlib.contextmanager
-def read_only(directory: Path) -> Iterator[None]:
-    """``directory`` made read-only by a read-only bind mount over itself (real EROFS)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a read-only bind mount needs root and mount(8)")
-    mounted = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("bind mounts are not allowed here")
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
-        yield
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 def test_journald_read_only_state_dir_is_counted_and_counting_goes_on(
