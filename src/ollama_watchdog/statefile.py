@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from typing import Generic, TypeVar
 import structlog
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
+from ollama_watchdog.boundedread import FileRefused, read_bounded
 from ollama_watchdog.oneline import one_line
 
 log = structlog.get_logger(__name__)
@@ -74,32 +74,14 @@ class _Invalid(Exception):
 def _read_bytes(path: Path, max_bytes: int) -> bytes | None:
     """The file's bytes; None when it does not exist; :class:`_Invalid` when unusable."""
     try:
-        # O_NONBLOCK: opening a FIFO for reading would wait for a writer; O_NOFOLLOW: a symlink
-        # (to /dev/zero, to another file) is not a state file we wrote
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+        # a symlink (to /dev/zero, to another file) is not a state file we wrote
+        return read_bounded(path, max_bytes, follow_symlinks=False)
     except FileNotFoundError:
         return None
+    except FileRefused as exc:
+        raise _Invalid(str(exc)) from None
     except OSError as exc:
-        if os.path.islink(path):
-            raise _Invalid("is a symbolic link") from None
-        raise _Invalid(f"cannot be opened ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise _Invalid("is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise _Invalid("is not a regular file")
-        if st.st_size > max_bytes:
-            raise _Invalid(f"has {st.st_size} bytes, more than {max_bytes}")
-        try:
-            data = os.read(fd, max_bytes + 1)
-        except OSError as exc:
-            raise _Invalid(f"cannot be read ({exc.strerror or exc})") from None
-        if len(data) > max_bytes:  # grew since fstat
-            raise _Invalid(f"has more than {max_bytes} bytes")
-        return data
-    finally:
-        os.close(fd)
+        raise _Invalid(f"cannot be read ({exc.strerror or exc})") from None
 
 
 def _drop(path: Path) -> None:

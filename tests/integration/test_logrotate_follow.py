@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from support.tools import require_tool
+from support.wait import wait_until
 
 from ollama_watchdog.collectors.logs import LogsCollector
 
@@ -141,3 +142,43 @@ def test_rotation_loses_and_repeats_nothing(
     finally:
         collector.stop()
         writer.join(timeout=30)
+
+
+def test_copytruncate_refilled_with_identical_lines_loses_nothing(tmp_path: Path) -> None:
+    """The follower read 15 lines; logrotate copies and truncates; 17 lines identical to the
+    first ones are written before the follower looks again. Size and bytes before the old
+    offset then look like plain growth (15 of the 17 were lost); the copy shows the rotation."""
+    tool = require_tool("logrotate")
+    path = tmp_path / "ollama.log"
+    path.touch()
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{path} {{\n    rotate 5\n    copytruncate\n    nocompress\n}}\n")
+    line = LINE.format(n=7)
+    collector = LogsCollector("file", str(path), poll_interval=1.0)
+    registry = CollectorRegistry()
+    registry.register(Adapter(lambda: list(collector.counters.families())))
+
+    def counted() -> float:
+        return registry.get_sample_value("ollama_watchdog_log_lines_total") or 0.0
+
+    collector.start()
+    try:
+        follower = collector.follower
+        assert follower is not None
+        wait_until(lambda: follower.problem is None, "the follower to open the file")
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line * 15)
+        wait_until(lambda: counted() == 15, "the first 15 lines", interval=0.01)
+        # right after a poll: rotate and refill well within the poll interval
+        subprocess.run(
+            [tool, "--force", "--state", str(tmp_path / "state"), str(conf)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line * 17)
+        assert (tmp_path / "ollama.log.1").read_text() == line * 15  # logrotate's copy
+        wait_until(lambda: counted() >= 32, "every line, the 17 after the rotation too")
+        time.sleep(3 * 1.0)  # a few more polls: a line read twice would show up now
+        assert counted() == 32
+    finally:
+        collector.stop()

@@ -15,6 +15,7 @@ import requests
 from support.daemon import write_config
 from support.facts import REAL_LOGS
 from support.sim import SimulatorProcess
+from support.tools import free_port
 
 from ollama_watchdog.commands import doctor
 from ollama_watchdog.commands.doctor import Finding, Level, Listener
@@ -391,3 +392,73 @@ def test_doctor_without_a_unit_skips_systemd_and_says_why(
     assert "[logs] source = file" in line_of(proc.stdout, "SKIP", "log")
     assert "[ollama] unit is empty" in line_of(proc.stdout, "SKIP", "service")
     assert "Ollama 0.32.15 answers at" in line_of(proc.stdout, " OK ", "api")
+
+
+# --------------------------------------------------------------------------------------------
+# hostile input: no unit and Ollama down, a FIFO as the log, a 1 GB manifest
+
+
+def doctor_subprocess(config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    # the timeout guards against a hang (the FIFO): the checklist itself takes a second
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_watchdog", "doctor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def huge_manifest(models: Path) -> str:
+    path = models / "manifests/registry.ollama.ai/library/huge/latest"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB that costs no disk
+    return "registry.ollama.ai/library/huge/latest"
+
+
+def test_doctor_without_a_unit_while_ollama_is_down_and_the_store_hostile(
+    tmp_path: Path,
+) -> None:
+    """No unit and nothing listening used to raise UnboundLocalError (props); a 1 GB manifest
+    was read whole; a FIFO as the log path hung the checklist in open()."""
+    models = tmp_path / "models"
+    write_model(models, "fine", {"temperature": 0.2})
+    relpath = huge_manifest(models)
+    fifo = tmp_path / "ollama.log"
+    os.mkfifo(fifo)
+    port = free_port()  # nothing listens there
+    config = write_config(
+        tmp_path / "doctor.toml",
+        {
+            "ollama": {"url": f"http://127.0.0.1:{port}", "timeout": "1s", "unit": "",
+                       "models_dir": str(models)},
+            "logs": {"source": "file", "path": str(fifo)},
+            "gpu": {"enabled": "false"},
+        },
+    )  # fmt: skip
+    proc = doctor_subprocess(config)
+    assert proc.stderr == ""  # no traceback
+    assert proc.returncode == 2
+    out = proc.stdout
+    assert "[ollama] unit is empty" in line_of(out, "SKIP", "service")
+    assert "failed: refused" in line_of(out, "FAIL", "api")
+    assert "neither the process nor the unit readable" in line_of(out, "SKIP", "env")
+    assert f"cannot read {fifo}: it is a FIFO, not a regular file" in line_of(out, "SKIP", "log")
+    blobs = line_of(out, "FAIL", "blobs")
+    assert f"manifest {relpath} is unreadable (manifest too large (has {1 << 30} bytes" in blobs
+
+
+def test_doctor_without_a_unit_while_ollama_is_down(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "doctor.toml",
+        {
+            "ollama": {"url": f"http://127.0.0.1:{free_port()}", "timeout": "1s", "unit": "",
+                       "models_dir": str(tmp_path / "models")},
+            "logs": {"source": "none"},
+            "gpu": {"enabled": "false"},
+        },
+    )  # fmt: skip
+    proc = doctor_subprocess(config)
+    assert proc.stderr == ""
+    assert proc.returncode == 2
+    assert "neither the process nor the unit readable" in line_of(proc.stdout, "SKIP", "env")

@@ -7,12 +7,11 @@ prints recorded ``journalctl -o json`` records from a file, honours ``--after-cu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import structlog
 from prometheus_client import generate_latest
 from support.journal import stdout_entry_fields
+from support.mounts import read_only
 from support.registry import registry_of
 from support.wait import wait_until
 
@@ -28,6 +28,7 @@ from ollama_watchdog import statefile
 from ollama_watchdog.collectors.logs import LogsCollector, LogSourceError
 from ollama_watchdog.collectors.logs.counters import LogCounters
 from ollama_watchdog.collectors.logs.file import FileFollower
+from ollama_watchdog.collectors.logs.follower import LineSplitter
 from ollama_watchdog.collectors.logs.journal import JournalFollower, decode_message
 from ollama_watchdog.collectors.logs.model_names import ModelNames
 
@@ -465,7 +466,7 @@ def _symlink_to_zero(p: Path) -> None:
         (_nul, "contains NUL bytes"),
         (_directory, "is a directory"),
         (_huge, "more than 4096"),
-        (_fifo, "is not a regular file"),
+        (_fifo, "is a FIFO, not a regular file"),
         (_not_a_cursor, "does not hold a valid value"),
         (_symlink_to_zero, "is a symbolic link"),
     ],
@@ -497,21 +498,6 @@ def test_journald_bad_cursor_file_is_dropped_and_rewritten(
     assert cursor_file.is_file() and not cursor_file.is_symlink()
     assert cursor_file.read_text() == journal.last_cursor() + "\n"
     assert sorted(p.name for p in state.iterdir()) == [cursor_file.name]
-
-
-@contextlib.contextmanager
-def read_only(directory: Path) -> Iterator[None]:
-    """``directory`` made read-only by a read-only bind mount over itself (real EROFS)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a read-only bind mount needs root and mount(8)")
-    mounted = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("bind mounts are not allowed here")
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
-        yield
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 def test_journald_read_only_state_dir_is_counted_and_counting_goes_on(
@@ -609,3 +595,174 @@ def test_file_existing_history_is_not_counted(tmp_path: Path) -> None:
         assert seen[1] == "half a line"
     finally:
         follower.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (lambda p: os.mkfifo(p), "a FIFO"),
+        (lambda p: p.symlink_to("/dev/null"), "a device"),
+        (lambda p: p.mkdir(), "a directory"),
+    ],
+    ids=["fifo", "device", "directory"],
+)
+def test_file_source_that_is_not_a_regular_file_is_a_named_failure(
+    tmp_path: Path, make: Callable[[Path], None], what: str
+) -> None:
+    """A FIFO at the path used to block the follower in open() (reading nothing while the
+    collector said success, each reload waiting 10 s for a thread that then leaked)."""
+    path = tmp_path / "ollama.log"
+    make(path)
+    collector = LogsCollector("file", str(path), poll_interval=0.02, backoff_initial=0.05)
+    threads_before = {t for t in threading.enumerate() if t.name == "logs-file"}
+    with structlog.testing.capture_logs() as logs:
+        collector.start()
+        try:
+            follower = collector.follower
+            assert follower is not None
+            wait_until(lambda: what in (follower.problem or ""), f"{what} reported")
+            with pytest.raises(LogSourceError, match=f"is {what}, not a regular file"):
+                collector.collect()
+        finally:
+            collector.stop()
+    leaked = {t for t in threading.enumerate() if t.name == "logs-file"} - threads_before
+    assert not [t for t in leaked if t.is_alive()]
+    failed = [e for e in logs if e["event"] == "log_follower_failed"]
+    assert failed and f"{path} is {what}, not a regular file" in failed[0]["error"]
+
+
+def _unparsed(collector: LogsCollector) -> float | None:
+    return registry_of(collector.counters.families).get_sample_value(
+        "ollama_watchdog_log_lines_unparsed_total"
+    )
+
+
+def test_an_over_long_line_is_one_unparsed_line(tmp_path: Path) -> None:
+    """A line past 64 KiB is counted once, as unparsed, as soon as it passes the cap (its
+    newline may never come), and the rest of it is skipped; the next line counts."""
+    path = tmp_path / "ollama.log"
+    path.touch()
+    collector = LogsCollector("file", str(path), poll_interval=0.02)
+    collector.start()
+    try:
+        follower = collector.follower
+        assert follower is not None
+        wait_until(lambda: follower.problem is None, "the file opened")
+        with path.open("a") as f:
+            f.write(gin(200, "1ms", "GET", "/") + " " + "x" * 100_000)  # a GIN marker, too
+            f.flush()
+            wait_until(lambda: _unparsed(collector) == 1, "the over-long line counted")
+            f.write("y" * 300_000 + "\n" + gin(200, "1ms", "GET", "/api/ps") + "\n")
+        wait_until(lambda: requests_total(collector) == 1, "the line after it")
+        reg = registry_of(collector.counters.families)
+        assert reg.get_sample_value("ollama_watchdog_log_lines_total") == 2
+        assert _unparsed(collector) == 1
+        labels = {"method": "GET", "route": "/api/ps", "code": "200"}
+        assert reg.get_sample_value("ollama_http_requests_total", labels) == 1
+    finally:
+        collector.stop()
+
+
+def test_line_splitter_bounds_lines_within_and_across_reads() -> None:
+    dropped: list[int] = []
+    lines = LineSplitter(dropped.append, max_line=10)
+    assert lines.feed(b"abc") == []
+    assert lines.feed(b"def\nshort\n0123456789AB\nok\nnext") == ["abcdef", "short", "ok"]
+    assert dropped == [1]
+    assert lines.feed(b"-still-under\n") == []  # "next-still-under": 16 bytes, dropped
+    assert dropped == [1, 1]
+    assert lines.feed(b"x" * 25) == []  # counted as it passes the cap...
+    assert dropped == [1, 1, 1]
+    assert lines.feed(b"y" * 25 + b"\nafter\n") == ["after"]  # ...and not again at its end
+    assert dropped == [1, 1, 1]
+    assert lines.feed(b"tail") == [] and lines.flush() == ["tail"]
+
+
+def _gin_lines(n: int) -> str:
+    return (gin(200, "1ms", "GET", "/api/tags") + "\n") * n
+
+
+def test_copytruncate_refilled_with_identical_lines_loses_nothing(tmp_path: Path) -> None:
+    """Rotation by copytruncate, then the writer refills the file past our offset with the
+    very same lines before we look: the copy tells what the bytes cannot."""
+    path = tmp_path / "ollama.log"
+    path.touch()
+    seen: list[str] = []
+    follower = FileFollower(path, seen.extend)
+    follower.poll()  # opens the (empty) file at its end
+    path.write_text(_gin_lines(15))
+    follower.poll()
+    assert len(seen) == 15
+    with path.open("a") as f:
+        f.write(_gin_lines(2))  # written, not read yet
+    shutil.copyfile(path, tmp_path / "ollama.log.1")  # logrotate's copy...
+    with path.open("r+") as f:
+        f.truncate(0)  # ...and truncation
+    with path.open("a") as f:
+        f.write(_gin_lines(17))
+    for _ in range(3):
+        follower.poll()
+    assert len(seen) == 15 + 2 + 17
+
+
+def test_a_copy_in_progress_is_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "ollama.log"
+    path.write_text("")
+    seen: list[str] = []
+    follower = FileFollower(path, seen.extend)
+    follower.poll()
+    path.write_text("".join(f"line {i}\n" for i in range(10)))
+    follower.poll()
+    assert len(seen) == 10
+    with path.open("a") as f:
+        f.write("line 10\n")
+    copy = tmp_path / "ollama.log-20260120"
+    copy.write_bytes(path.read_bytes()[:20])  # logrotate is still copying
+    follower.poll()
+    assert len(seen) == 10  # not read while the copy may still be a copytruncate
+    copy.write_bytes(path.read_bytes())  # copied; then truncated and refilled
+    path.write_text("".join(f"line {i}\n" for i in range(11, 14)))
+    follower.poll()
+    follower.poll()
+    assert seen == [f"line {i}" for i in range(14)]
+
+
+def test_a_sibling_that_is_not_a_copy_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ollama.log"
+    path.write_text("")
+    seen: list[str] = []
+    follower = FileFollower(path, seen.extend)
+    follower.poll()
+    path.write_text("one\ntwo\n")
+    follower.poll()
+    (tmp_path / "ollama.log.debug").write_text("something else entirely\n")
+    for _ in range(3):
+        follower.poll()
+    with path.open("a") as f:
+        f.write("three\n")
+    follower.poll()
+    follower.poll()
+    assert seen == ["one", "two", "three"]
+
+
+def test_unreadable_manifests_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    """A FIFO, a symlink to /dev/zero, a huge file under manifests/ are skipped, logged once
+    each, and never block or swell the reader; the good manifest still names its blob."""
+    blob = "ab" * 32
+    write_manifest(tmp_path, "registry.ollama.ai", "library", "good", "latest", blob)
+    bad = tmp_path / "manifests" / "registry.ollama.ai" / "library" / "bad"
+    bad.mkdir(parents=True)
+    os.mkfifo(bad / "fifo")
+    (bad / "zero").symlink_to("/dev/zero")
+    with (bad / "huge").open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: 64 MiB of nothing
+    names = ModelNames(tmp_path, refresh_s=0.0)
+    with structlog.testing.capture_logs() as logs:
+        assert names.name_for(blob) == "good:latest"
+        assert names.name_for("cd" * 32) is None  # a miss re-reads: logged once all the same
+    skipped = {Path(e["path"]).name: e["reason"] for e in logs if e["event"] == "manifest_skipped"}
+    assert len([e for e in logs if e["event"] == "manifest_skipped"]) == 3
+    assert "is a FIFO, not a regular file" in skipped["fifo"]
+    assert "is a device, not a regular file" in skipped["zero"]
+    assert "manifest too large" in skipped["huge"]

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.mounts import small_filesystem
 
 from ollama_watchdog import store
 from ollama_watchdog.commands import models as models_command
@@ -581,3 +583,60 @@ def test_model_names_resolve_like_ollama(text: str, relpath: str, shown: str) ->
 def test_invalid_model_names_are_errors(text: str) -> None:
     with pytest.raises(store.StoreError, match="invalid model name"):
         store.parse_model_name(text)
+
+
+# --------------------------------------------------------------------------------------------
+# hostile sizes: a 1 GB manifest, an archive that claims more than the disk holds
+
+
+def test_verify_refuses_a_huge_manifest_without_reading_it(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = built.root / "manifests/registry.ollama.ai/library/huge/latest"
+    huge.parent.mkdir(parents=True)
+    with huge.open("wb") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB of nothing
+    code, out, _ = run_cli(["verify"], capsys, built.root)
+    assert code == 1
+    assert (
+        "bad manifest registry.ollama.ai/library/huge/latest: manifest too large "
+        f"(has {1 << 30} bytes, more than {1 << 20}" in out
+    )
+    assert "3 models" in out  # the others are still verified
+
+
+def test_restore_of_an_archive_claiming_more_than_the_disk_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 10 KiB sparse tar whose one blob is 1 GiB: refused on the index's word, before
+    staging a byte, naming the space needed and the space there is."""
+    tar_tool = shutil.which("tar")
+    if tar_tool is None:
+        pytest.skip("GNU tar is needed to write a sparse archive")
+    src = tmp_path / "src"
+    blob = src / "blobs" / ("sha256-" + "0" * 64)
+    blob.parent.mkdir(parents=True)
+    with blob.open("wb") as f:
+        f.truncate(1 << 30)
+    (src / INDEX_NAME).write_text(json.dumps({
+        "format": INDEX_FORMAT, "version": INDEX_VERSION, "models": {}, "manifests": {},
+        "blobs": {"sha256:" + "0" * 64: 1 << 30},
+    }))  # fmt: skip
+    archive = tmp_path / "sparse.tar"
+    members = [INDEX_NAME, blob.relative_to(src).as_posix()]  # the files alone, no directory
+    tar = [tar_tool, "--sparse", "-cf", str(archive), "-C", str(src), *members]
+    subprocess.run(tar, check=True)
+    assert archive.stat().st_size < 64 * 1024
+    disk = tmp_path / "disk"
+    with small_filesystem(disk, "64m"):
+        target = disk / "models"
+        code, out, err = run_cli(["restore", str(archive)], capsys, target)
+        assert code == 1 and out == ""
+        last = err.splitlines()[-1]
+        assert last.startswith(
+            f"restore refused: the archive's index claims 1.0 GiB ({1 << 30} bytes) to stage, "
+            "and the models filesystem has 64.0 MiB"
+        )
+        assert "free space there" in last and last.endswith("nothing restored")
+        assert tree(target) == {}
+        assert shutil.disk_usage(disk).used == 0  # nothing left behind

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from ollama_watchdog.boundedread import FileRefused, open_regular, read_bounded
 from ollama_watchdog.ollama import env as ollama_env
 from ollama_watchdog.ollama.api import OllamaClient, ProbeError
 from ollama_watchdog.ollama.env import Verdict
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 _COMMAND_TIMEOUT = 15.0
 _LOG_TAIL_BYTES = 4 * 1024 * 1024
+_PARAMS_MAX_BYTES = 1024 * 1024  # a params layer is a small JSON object of options
 PARAMS_MEDIA = "application/vnd.ollama.image.params"
 GIB = 1024**3
 
@@ -203,12 +205,15 @@ def read_log_tail(config: Config, lines: int) -> tuple[list[str] | None, str]:
     if source == "file":
         path = Path(config.logs.path)
         try:
-            with path.open("rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - _LOG_TAIL_BYTES))
-                text = fh.read().decode(errors="replace")
+            fd = open_regular(path)  # a FIFO at the path must not hang the checklist
+        except FileRefused as exc:
+            return None, f"cannot read {path}: it {exc} ([logs] path must name Ollama's log file)"
         except OSError as exc:
-            return None, f"cannot read {path}: {exc.strerror}"
+            return None, f"cannot read {path}: {exc.strerror or exc}"
+        with os.fdopen(fd, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _LOG_TAIL_BYTES))
+            text = fh.read(_LOG_TAIL_BYTES).decode(errors="replace")
         return text.splitlines()[-lines:], ""
     if not config.ollama.unit:
         return None, "no unit to read the journal of: set [ollama] unit, or [logs] source = file"
@@ -589,10 +594,10 @@ def stored_parameters(store: ModelStore, scan: StoreScan) -> dict[str, list[str]
     out: dict[str, list[str]] = {}
     for manifest in scan.manifests:
         for layer in manifest.layers:
-            if layer.media_type != PARAMS_MEDIA or layer.size > 1024 * 1024:
+            if layer.media_type != PARAMS_MEDIA or layer.size > _PARAMS_MAX_BYTES:
                 continue
             try:
-                doc = json.loads(store.blob_path(layer.digest).read_bytes())
+                doc = json.loads(read_bounded(store.blob_path(layer.digest), _PARAMS_MAX_BYTES))
             except (OSError, ValueError):
                 continue  # missing or corrupt blobs are the blobs item's business
             if isinstance(doc, dict):
@@ -602,6 +607,7 @@ def stored_parameters(store: ModelStore, scan: StoreScan) -> dict[str, list[str]
 
 def run_doctor(config: Config, modelfiles: Sequence[Path], log_lines: int) -> list[Finding]:
     findings: list[Finding] = []
+    props: dict[str, str] | None = None  # no unit: nothing asked of systemd
     if config.ollama.unit:
         props, why = systemd_properties(config.ollama.unit)
         findings.append(judge_service(config.ollama.unit, props, why))

@@ -16,15 +16,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from ollama_watchdog.boundedread import FileRefused, FileTooLarge, read_bounded
 
 #: digest as manifests and the API write it
 DIGEST_RE: Final = re.compile(r"^sha256:([0-9a-f]{64})$")
 #: blob file name; anything else in blobs/ (``-partial`` downloads, create's temp files) is ignored
 BLOB_NAME_RE: Final = re.compile(r"^sha256-([0-9a-f]{64})$")
+
+#: a manifest is a JSON list of a few layers, about a KiB; a file larger than this is not one
+MAX_MANIFEST_BYTES: Final = 1024 * 1024
 
 DEFAULT_HOST: Final = "registry.ollama.ai"
 DEFAULT_NAMESPACE: Final = "library"
@@ -201,33 +206,56 @@ def parse_manifest(name: ModelName, raw: bytes) -> Manifest:
 
 
 def manifest_paths(models_dir: Path) -> Iterator[Path]:
-    """Every manifest file, sorted; Ollama lists exactly four levels (manifests/*/*/*/*)."""
+    """Every manifest path, sorted; Ollama lists exactly four levels (manifests/*/*/*/*).
+
+    Whatever is at that depth and is not a directory is yielded, a FIFO or a device too: the
+    reader refuses it with a reason (:func:`read_manifest_bytes`) rather than skip it silently.
+    """
     for path in sorted((models_dir / "manifests").glob("*/*/*/*")):
-        if path.is_file():
+        if not path.is_dir():
             yield path
+
+
+def read_manifest_bytes(path: Path) -> bytes:
+    """A manifest file's bytes; ``ValueError`` (a FIFO, a device, too large) or ``OSError``.
+
+    Opened without blocking and read to at most :data:`MAX_MANIFEST_BYTES`, whatever the path
+    holds: a symlink to ``/dev/zero`` or a FIFO must not hang or swell the reader.
+    """
+    try:
+        return read_bounded(path, MAX_MANIFEST_BYTES)
+    except FileTooLarge as exc:
+        raise ValueError(f"manifest too large ({exc}; a manifest is a few KiB)") from None
+    except FileRefused as exc:
+        raise ValueError(f"manifest {exc}") from None
 
 
 def read_manifest(models_dir: Path, path: Path) -> Manifest:
     """One manifest file, parsed; raise ``OSError`` or ``ValueError``."""
     name = ModelName.from_manifest_path(models_dir / "manifests", path)
-    return parse_manifest(name, path.read_bytes())
+    return parse_manifest(name, read_manifest_bytes(path))
 
 
-def read_model_blobs(models_dir: Path) -> dict[str, str]:
+def read_model_blobs(
+    models_dir: Path, skipped: Callable[[Path, str], None] | None = None
+) -> dict[str, str]:
     """Map each model-weights blob (sha256 hex) to the model name its manifest gives it.
 
     A blob shared by several names (``ollama cp``) maps to the first name in sorted order, so
     the label is stable. Unreadable manifests are skipped: a name we cannot resolve is
     ``unknown``, never an error. Only the weights layers are read, not the whole manifest
     through :func:`parse_manifest`: Ollama runs a model whose config or other layers lack a
-    size, and the runner's log line still names that model's blob.
+    size, and the runner's log line still names that model's blob. ``skipped`` is told each
+    manifest not read and why.
     """
     blobs: dict[str, str] = {}
     manifests_dir = models_dir / "manifests"
     for path in manifest_paths(models_dir):
         try:
-            layers = json.loads(path.read_bytes())["layers"]
-        except (OSError, ValueError, KeyError, TypeError):
+            layers = json.loads(read_manifest_bytes(path))["layers"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if skipped is not None:
+                skipped(path, str(exc) if isinstance(exc, (OSError, ValueError)) else "no layers")
             continue
         name = str(ModelName.from_manifest_path(manifests_dir, path))
         for layer in layers if isinstance(layers, list) else ():
@@ -247,6 +275,7 @@ __all__ = [
     "DEFAULT_TAG",
     "DIGEST_RE",
     "MANIFEST_MEDIA_TYPE",
+    "MAX_MANIFEST_BYTES",
     "MODEL_MEDIA_TYPE",
     "BadManifest",
     "InvalidName",
@@ -258,5 +287,6 @@ __all__ = [
     "normalize_name",
     "parse_manifest",
     "read_manifest",
+    "read_manifest_bytes",
     "read_model_blobs",
 ]

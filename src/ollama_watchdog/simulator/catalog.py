@@ -31,6 +31,7 @@ from ollama_watchdog.ollama.names import (
     ModelName,
     manifest_paths,
     normalize_name,
+    read_manifest_bytes,
 )
 
 #: Fixed manifest mtime of fake models, so ``modified_at`` is stable between runs.
@@ -200,7 +201,7 @@ def _guess_memory(weights_size: int, parameter_size: str) -> int:
 def read_model(models_dir: Path, manifest_path: Path) -> Model | None:
     """The model one manifest describes, or None when the manifest cannot be read."""
     try:
-        raw = manifest_path.read_bytes()
+        raw = read_manifest_bytes(manifest_path)  # never a FIFO's open, never a huge read
         manifest = json.loads(raw)
         layers = manifest.get("layers", [])
         config_ref = manifest.get("config", {})

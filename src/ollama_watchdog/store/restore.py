@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
-from ollama_watchdog.ollama.names import DIGEST_RE, Manifest, ModelName, parse_manifest
+from ollama_watchdog.ollama.names import (
+    DIGEST_RE,
+    Manifest,
+    ModelName,
+    parse_manifest,
+    read_manifest_bytes,
+)
 from ollama_watchdog.store import ModelStore, RestoreRefused, StoreError
 from ollama_watchdog.store.archive import (
     BLOB_MEMBER_RE,
@@ -31,6 +37,7 @@ from ollama_watchdog.store.archive import (
     load_zstandard,
 )
 from ollama_watchdog.store.hashing import CHUNK, hash_file
+from ollama_watchdog.store.progress import human_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,27 @@ def _read_index(data: bytes) -> _Staged:
     return staged
 
 
+def _check_space(staged: _Staged, staging: Path) -> None:
+    """Refuse, before a byte is staged, an archive whose index claims more than the disk has.
+
+    Every blob and manifest the index lists is staged (written in full) before anything is
+    placed, so that is what the filesystem of the store must hold. A member larger than its
+    index entry is refused when it comes, so the index bounds what staging writes. (A sparse
+    or compressed archive of a few KiB may claim a blob of any size.)
+    """
+    needed = sum(staged.index_blobs.values()) + sum(
+        size for _, size in staged.index_manifests.values()
+    )
+    free = shutil.disk_usage(staging).free
+    if needed > free:
+        raise RestoreRefused(
+            f"the archive's index claims {human_bytes(needed)} ({needed} bytes) to stage, "
+            f"and the models filesystem has {human_bytes(free)} ({free} bytes) free; free "
+            "space there, or check the archive (a small archive that claims this much is not "
+            "a backup); nothing restored"
+        )
+
+
 def _open_archive(fh: BinaryIO) -> IO[bytes]:
     head = fh.read(4)
     fh.seek(0)
@@ -137,6 +165,7 @@ def _stage_archive(archive: Path, staging: Path) -> _Staged:
                         f"first archive member is {name!r}, not the index {INDEX_NAME}; refused"
                     )
                 staged = _read_index(stream.read())
+                _check_space(staged, staging)
                 continue
             if blob_match := BLOB_MEMBER_RE.match(name):
                 _stage_blob(staged, blob_match.group(1), member, stream, staging)
@@ -206,6 +235,14 @@ def _stage_manifest(
         staged.manifests[relpath] = parse_manifest(ModelName(host, namespace, model, tag), raw)
     except ValueError as exc:
         raise RestoreRefused(f"archive manifest {relpath} is invalid: {exc}") from None
+
+
+def _existing_manifest(path: Path) -> bytes | None:
+    """The store's manifest at ``path``, read under the manifest cap (None: unreadable)."""
+    try:
+        return read_manifest_bytes(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _owner_of(path: Path) -> tuple[int, int] | None:
@@ -301,7 +338,7 @@ def restore_store(store: ModelStore, archive: Path) -> RestoreReport:
             target = store.manifest_path(manifest.name)
             if not target.exists():
                 new_manifests.append(relpath)
-            elif target.read_bytes() != manifest.raw:
+            elif _existing_manifest(target) != manifest.raw:
                 conflicts.append(
                     f"model {manifest.name} exists with a different manifest; "
                     f"`ollama rm {manifest.name}` first to replace it"

@@ -8,8 +8,9 @@ request path, from one of two sources (``[logs] source``):
   counted is kept in ``state_dir``, so a restart of the watchdog continues where it stopped
   instead of losing or recounting lines. With no cursor (first start) it begins at the end of
   the journal: history is not replayed into counters.
-* ``file``: a path followed like ``tail -F``: rename+create rotation and copytruncate rotation
-  both keep every line written before the rotation, and a missing file is waited for.
+* ``file``: a regular file followed like ``tail -F``: rename+create rotation and copytruncate
+  rotation both keep every line written before the rotation, and a missing file is waited for.
+  A line longer than 64 KiB is counted as one unparsed line and skipped.
 
 A follower that fails restarts itself with exponential backoff. While it is down ``collect()``
 raises, which the scheduler records as ``ollama_watchdog_collector_success{collector="logs"} 0``.
@@ -84,6 +85,7 @@ class LogsCollector:
             self.follower = FileFollower(
                 Path(path), self.counters.feed, poll_interval,
                 backoff_initial=backoff_initial, backoff_max=backoff_max,
+                overlong=self.counters.count_overlong,
             )  # fmt: skip
         elif source == "none":
             self.follower = None

@@ -97,11 +97,18 @@ class LogCounters:
         batch = lines if isinstance(lines, list) else list(lines)
         parsed = list(map(parse_line, batch))
         events = [event for event in parsed if event is not None]
+        self._resolve_models(events)
         with self._lock:
             self.lines += len(parsed)
             self._count(events)
         if self._on_batch is not None:
             self._on_batch(batch, events, self._current_model)
+
+    def count_overlong(self, n: int) -> None:
+        """``n`` lines too long to keep (the follower dropped them): read, and unparsed."""
+        with self._lock:
+            self.lines += n
+            self.unparsed += n
 
     def _count(self, events: list[Event]) -> None:
         # One loop per batch with the counters bound to locals: this runs for every event.
@@ -149,12 +156,20 @@ class LogCounters:
             else:  # Malformed
                 self.unparsed += 1
 
+    def _resolve_models(self, events: list[Event]) -> None:
+        """Look up the model of every runner blob the batch may use, before taking the lock:
+        a miss re-reads the manifests (rarely), which must not hold up collect()."""
+        blobs = {e.runner_blob for e in events if isinstance(e, Message) and e.runner_blob}
+        if self._runner_blob is not None:  # touched by the follower thread only, like feed()
+            blobs.add(self._runner_blob)
+        for blob in blobs:
+            self._models.name_for(blob)
+
     def _current_model(self) -> str:
         if self._runner_blob is None or self._loaded_runners > 1:
             return UNKNOWN_MODEL
-        # The manifests may be re-read here (rarely, on a miss): this runs on the follower
-        # thread, never on collect()'s.
-        return self._models.name_for(self._runner_blob) or UNKNOWN_MODEL
+        # looked up by _resolve_models() outside the lock; never reads the manifests here
+        return self._models.cached(self._runner_blob) or UNKNOWN_MODEL
 
     def _tokens_for(self, model: str) -> _Tokens:
         tokens = self._tokens.get(model)
@@ -247,7 +262,8 @@ class LogCounters:
             CounterMetricFamily("ollama_watchdog_log_lines", "Ollama log lines read.", value=lines),
             CounterMetricFamily(
                 "ollama_watchdog_log_lines_unparsed",
-                "Lines with a gin or slog marker that did not parse (Ollama's format moved).",
+                "Lines with a gin or slog marker that did not parse (Ollama's format moved), "
+                "and lines too long to read (over 64 KiB).",
                 value=unparsed,
             ),
         ]
