@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 from datetime import UTC, datetime
 
 import pytest
@@ -46,6 +48,30 @@ def test_refused() -> None:
     with pytest.raises(ProbeError) as err:
         c.version()
     assert err.value.reason == "refused"
+
+
+def test_the_watchdog_out_of_descriptors_is_a_local_error(simulator: SimulatorProcess) -> None:
+    # issue 18: slow clients used to eat the daemon's descriptors; the probe then failed with
+    # "too many open files", classified as refused: Ollama's failure, and a restart
+    c = client(simulator)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        while True:
+            try:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        with pytest.raises(ProbeError) as err:
+            c.version()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert err.value.reason == "local_error"
+    assert "EMFILE" in err.value.detail
+    assert c.version() == "0.32.15"  # descriptors back: the same client works
 
 
 def test_hang_is_a_timeout(simulator: SimulatorProcess) -> None:

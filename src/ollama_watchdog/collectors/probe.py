@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -45,13 +46,16 @@ _FOREVER = 10 * 365 * 86400.0
 
 PROBE = "generate"
 
+log = structlog.get_logger()
+
 
 @dataclass(frozen=True, slots=True)
 class DeepProbeResult:
     """The outcome of the last deep probe, for the watchdog policy and ``check``."""
 
     ok: bool
-    #: ProbeError reason when not ok (timeout | refused | http_error | bad_response)
+    #: ProbeError reason when not ok (timeout | refused | http_error | bad_response |
+    #: local_error)
     reason: ProbeReason | None
     #: short error text (Ollama's own message), empty when ok
     error: str
@@ -130,6 +134,8 @@ class DeepProbeCollector:
             if outcome.reason is not None:
                 self._failures[outcome.reason] += 1
             failures = dict(self._failures)
+        if outcome.reason == "local_error":
+            log.warning("probe_local_error", probe=PROBE, error=outcome.error)
         if self._emit is not None:
             self._emit(Signal(SignalKind.DEEP_PROBE, outcome.ok, outcome.reason, outcome.error))
         return families(outcome, failures)
@@ -149,7 +155,7 @@ def families(outcome: DeepProbeResult, failures: dict[ProbeReason, int]) -> list
     duration.add_metric([PROBE], outcome.seconds)
     failed = CounterMetricFamily(
         "ollama_probe_failures",
-        "Failed probes by reason (timeout, refused, http_error, bad_response).",
+        "Failed probes by reason (timeout, refused, http_error, bad_response, local_error).",
         labels=["probe", "reason"],
     )
     for reason in PROBE_REASONS:

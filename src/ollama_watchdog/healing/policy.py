@@ -28,6 +28,9 @@ made here, so that an operator can predict what it does:
   ``liveness`` and ``deep_probe``. The error class (timeout, refused, ...) is in the log event's
   ``last_error`` and in ``ollama_probe_failures_total``; splitting restarts by it would add series
   without adding a decision an operator could take.
+* **The watchdog's own exhaustion is not Ollama's failure**: a failed signal whose reason is
+  ``local_error`` (too many open files, no memory, no buffers or ports in this process) is not
+  counted and changes nothing.
 * **A restart is decided only on a failed observation** of the kind that reached the threshold,
   never on a success or on a mere timer tick, so it always rests on fresh evidence.
 * **Start-up grace from the policy's creation**: an Ollama that was already down when the watchdog
@@ -289,6 +292,9 @@ class WatchdogPolicy:
             return self._decide(before, now)
         if spec.requires is not None and self._failing[spec.requires]:
             # that kind already counts this outage (module docstring)
+            return self._decide(before, now)
+        if signal.reason == "local_error":
+            # the watchdog ran out of its own descriptors or memory: no evidence about Ollama
             return self._decide(before, now)
         self._failing[kind] = True
         self._healthy_since = None

@@ -7,11 +7,15 @@ classified at this boundary into ``ProbeError.reason``:
                      connection and never answers: that is a read timeout);
 - ``refused``      — nothing listens, the connection was reset, or the name does not resolve;
 - ``http_error``   — an HTTP status outside 2xx;
-- ``bad_response`` — a 2xx whose body is not the JSON this endpoint returns.
+- ``bad_response`` — a 2xx whose body is not the JSON this endpoint returns;
+- ``local_error``  — the watchdog itself ran out of something (descriptors, memory, buffers,
+                     local ports) before Ollama could answer: evidence about this process, not
+                     about Ollama, so the healing policy never counts it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,8 +27,19 @@ import requests
 
 from ollama_watchdog.oneline import one_line
 
-ProbeReason = Literal["timeout", "refused", "http_error", "bad_response"]
-PROBE_REASONS: Final[tuple[ProbeReason, ...]] = ("timeout", "refused", "http_error", "bad_response")
+ProbeReason = Literal["timeout", "refused", "http_error", "bad_response", "local_error"]
+PROBE_REASONS: Final[tuple[ProbeReason, ...]] = (
+    "timeout",
+    "refused",
+    "http_error",
+    "bad_response",
+    "local_error",
+)
+#: errors of the watchdog's own resources: too many open files (per process, per system), no
+#: memory, no socket buffers, no free local port
+LOCAL_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EADDRNOTAVAIL}
+)
 
 # Bounded bodies: an answer bigger than this is not something Ollama sends for these endpoints.
 _MAX_BODY = 32 * 1024 * 1024
@@ -33,6 +48,28 @@ _DETAIL_LIMIT: Final = 160
 
 
 T = TypeVar("T")
+
+
+def local_oserror(exc: BaseException) -> OSError | None:
+    """The OSError of the watchdog's own resources behind ``exc`` (its causes, and the wrapped
+    errors urllib3 keeps in ``reason`` and ``args``), or None."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        cur = todo.pop()
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in LOCAL_ERRNOS:
+            return cur
+        todo += [cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args]
+    return None
+
+
+def local_error(exc: OSError) -> ProbeError:
+    """A ``local_error`` naming the resource that ran out."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    return ProbeError("local_error", f"watchdog out of resources: {name} ({exc.strerror})")
 
 
 class ProbeError(Exception):
@@ -221,6 +258,9 @@ class OllamaClient:
         except requests.exceptions.ReadTimeout:
             raise ProbeError("timeout", f"timeout after {read_timeout:g}s") from None
         except requests.exceptions.ConnectionError as exc:
+            local = local_oserror(exc)
+            if local is not None:
+                raise local_error(local) from None
             text = str(exc)
             if "timed out" in text.lower():
                 raise ProbeError("timeout", f"timeout after {read_timeout:g}s") from None
@@ -387,6 +427,7 @@ def _error_detail(resp: requests.Response) -> str:
 
 
 __all__ = [
+    "LOCAL_ERRNOS",
     "PROBE_REASONS",
     "GenerateResult",
     "LoadedModel",
@@ -395,6 +436,8 @@ __all__ = [
     "ProbeError",
     "ProbeReason",
     "ProbeResult",
+    "local_error",
+    "local_oserror",
     "parse_go_time",
     "timed_probe",
 ]
