@@ -29,10 +29,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from ollama_watchdog import __version__
 from ollama_watchdog.config import parse_listen
+from ollama_watchdog.oneline import valid_text
 
+#: a label value longer than this (from any collector) is cut
+_LABEL_LIMIT = 1024
 #: defaults of ``[exporter] max_connections`` and ``request_timeout``
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_REQUEST_TIMEOUT = 10.0
@@ -99,13 +103,14 @@ class SnapshotCollector:
         def add(fam: Metric) -> None:
             # Two sources may feed one family (api and deep probe both export
             # ollama_probe_success{probe}); the text format allows each family once.
+            samples = _renderable(fam.samples)
             have = merged.get(fam.name)
             if have is None:
                 copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-                copy.samples = list(fam.samples)
+                copy.samples = samples
                 merged[fam.name] = copy
             else:
-                have.samples.extend(fam.samples)
+                have.samples.extend(samples)
 
         build = GaugeMetricFamily(
             "ollama_watchdog_build_info", "ollama-watchdog's version.", labels=["version"]
@@ -132,6 +137,32 @@ class SnapshotCollector:
             for fam in results[name].families:
                 add(fam)
         yield from merged.values()
+
+
+def _renderable(samples: list[Sample]) -> list[Sample]:
+    """Samples that render whatever a collector let through: label values as valid UTF-8 (a
+    lone surrogate would make every scrape an empty reply), values that convert to a float
+    (10**400 would not); one sample per label set. The usual case costs one pass and no copy."""
+    out: list[Sample] = []
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] | None = None
+    for sample in samples:
+        labels = sample.labels
+        if not all(v.isascii() for v in labels.values()):
+            labels = {k: valid_text(v, _LABEL_LIMIT) for k, v in labels.items()}
+            seen = set() if seen is None else seen
+        try:
+            float(sample.value)
+        except (OverflowError, TypeError, ValueError):
+            continue
+        if labels is not sample.labels:
+            sample = sample._replace(labels=labels)
+        if seen is not None:
+            key = (sample.name, tuple(sorted(labels.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(sample)
+    return out
 
 
 class WebAuth(Protocol):

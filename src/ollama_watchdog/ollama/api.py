@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from ollama_watchdog.oneline import one_line
+from ollama_watchdog.oneline import one_line, valid_text
 
 ProbeReason = Literal["timeout", "refused", "http_error", "bad_response", "local_error"]
 PROBE_REASONS: Final[tuple[ProbeReason, ...]] = (
@@ -64,6 +64,10 @@ _ERROR_BODY: Final = 4096
 _READ_CHUNK: Final = 64 * 1024
 #: an error detail from Ollama (a body, an exception text) is cut to this many characters
 _DETAIL_LIMIT: Final = 160
+#: a string field from Ollama (a model name, a digest) is cut to this many characters
+_FIELD_LIMIT: Final = 256
+#: sizes, counts and durations are Go int64s, never negative
+_INT_MAX: Final = 2**63 - 1
 
 
 T = TypeVar("T")
@@ -105,6 +109,10 @@ def timed_probe(
         value = call()
     except ProbeError as exc:
         return ProbeResult(probe, False, clock() - start, exc.reason, exc.detail), None
+    except (RecursionError, OverflowError, UnicodeError) as exc:
+        # a value the boundary did not bound: still a malformed answer, never a lost probe
+        detail = f"unusable answer ({type(exc).__name__})"
+        return ProbeResult(probe, False, clock() - start, "bad_response", detail), None
     return ProbeResult(probe, True, clock() - start), value
 
 
@@ -188,7 +196,7 @@ def _str(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> st
         return ""
     if not isinstance(v, str):
         raise ProbeError("bad_response", f"{what}: field {key!r} missing or not a string")
-    return v
+    return valid_text(v, _FIELD_LIMIT)
 
 
 def _int(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> int:
@@ -197,13 +205,21 @@ def _int(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> in
         return 0
     if isinstance(v, bool) or not isinstance(v, int):
         raise ProbeError("bad_response", f"{what}: field {key!r} missing or not an integer")
+    if not 0 <= v <= _INT_MAX:
+        # 10**400 would raise OverflowError as a float; a negative size is no size
+        raise ProbeError("bad_response", f"{what}: field {key!r} out of range")
     return v
+
+
+def _opt_str(value: Any) -> str:
+    """A descriptive field: kept when it is a string, else empty."""
+    return valid_text(value, _FIELD_LIMIT) if isinstance(value, str) else ""
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
-    return tuple(x for x in value if isinstance(x, str))
+    return tuple(valid_text(x, _FIELD_LIMIT) for x in value[:64] if isinstance(x, str))
 
 
 def _models_list(body: Any, what: str) -> list[dict[str, Any]]:
@@ -390,7 +406,7 @@ class OllamaClient:
     def version(self) -> str:
         obj = _obj(self._get_json("/api/version"), "/api/version")
         version = _str(obj, "version", "/api/version")
-        if not version or len(version) > 64:
+        if not version or len(version) > 64 or not version.isprintable():
             raise ProbeError("bad_response", "/api/version: implausible version string")
         return version
 
@@ -405,9 +421,9 @@ class OllamaClient:
                     size=_int(m, "size", "/api/tags"),
                     digest=_str(m, "digest", "/api/tags", required=False),
                     modified_at=_str(m, "modified_at", "/api/tags", required=False),
-                    family=str(details.get("family") or ""),
-                    parameter_size=str(details.get("parameter_size") or ""),
-                    quantization_level=str(details.get("quantization_level") or ""),
+                    family=_opt_str(details.get("family")),
+                    parameter_size=_opt_str(details.get("parameter_size")),
+                    quantization_level=_opt_str(details.get("quantization_level")),
                     capabilities=_str_tuple(m.get("capabilities")),
                 )
             )
@@ -417,7 +433,7 @@ class OllamaClient:
         out: list[LoadedModel] = []
         for m in _models_list(self._get_json("/api/ps"), "/api/ps"):
             ctx = m.get("context_length")
-            ctx_ok = isinstance(ctx, int) and not isinstance(ctx, bool)
+            ctx_ok = isinstance(ctx, int) and not isinstance(ctx, bool) and 0 <= ctx <= _INT_MAX
             out.append(
                 LoadedModel(
                     name=_str(m, "name", "/api/ps"),
@@ -456,7 +472,7 @@ class OllamaClient:
                 chunk = _obj(_loads(line, "/api/generate chunk", _GENERATE_CONTAINERS), "chunk")
                 if "error" in chunk:
                     # a mid-stream error arrives as 200 + {"error": ...}; its text is Ollama's own
-                    detail = one_line(str(chunk["error"]), _DETAIL_LIMIT)
+                    detail = one_line(valid_text(str(chunk["error"]), 1024), _DETAIL_LIMIT)
                     raise ProbeError("bad_response", "/api/generate: " + detail)
                 if ttft is None and chunk.get("response"):
                     ttft = time.monotonic() - start
@@ -521,9 +537,16 @@ def _loads(raw: bytes, what: str, containers: int) -> Any:
     if raw.count(b"{") + raw.count(b"[") > containers:
         raise ProbeError("bad_response", f"{what}: more than {containers} JSON objects or lists")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise ProbeError("bad_response", f"{what}: body is not JSON") from None
+    except RecursionError:
+        raise ProbeError("bad_response", f"{what}: JSON nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON (and Go's encoder) has none of them
+    raise ValueError(f"{name} is not JSON")
 
 
 def _classify(exc: BaseException, budget: float, connected: bool, answered: bool) -> ProbeError:
@@ -561,7 +584,7 @@ def _error_detail(resp: http.client.HTTPResponse) -> str:
         raw = resp.read1(_ERROR_BODY) if resp.length != 0 else b""
         obj = json.loads(raw)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-            return ": " + one_line(obj["error"], _DETAIL_LIMIT)
+            return ": " + one_line(valid_text(obj["error"], 1024), _DETAIL_LIMIT)
     except Exception:  # the status code alone is the answer
         return ""
     return ""
