@@ -45,6 +45,10 @@ class OllamaConfig:
 class ExporterConfig:
     listen: str = "127.0.0.1:9778"
     web_config: str = ""
+    #: connections served at once; one more is answered 503 and closed at once
+    max_connections: int = 64
+    #: the whole of one request (headers read, answer written) must fit in this
+    request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,8 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("ollama", "models_dir"): _path,
     ("exporter", "listen"): _listen,
     ("exporter", "web_config"): _string,
+    ("exporter", "max_connections"): _int_at_least(1),
+    ("exporter", "request_timeout"): _positive_duration,
     ("probe", "interval"): _positive_duration,
     ("probe", "deep_model"): _string,
     ("probe", "deep_interval"): _positive_duration,

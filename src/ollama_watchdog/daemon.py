@@ -340,7 +340,12 @@ class Daemon:
     def prepare(self) -> None:
         """Bind the exporter (raises OSError when the port is taken) — before anything starts."""
         self.exporter = Exporter(
-            self.config.exporter.listen, self.board, self.health, self._web_auth(self.config)
+            self.config.exporter.listen,
+            self.board,
+            self.health,
+            self._web_auth(self.config),
+            max_connections=self.config.exporter.max_connections,
+            request_timeout=self.config.exporter.request_timeout,
         )
 
     def health(self) -> tuple[bool, str]:
@@ -440,7 +445,7 @@ class Daemon:
                 # a new port or TLS setup needs a fresh socket; everything else applies now
                 log.warning(
                     "reload_exporter_unchanged",
-                    hint="exporter.listen and exporter.web_config take effect on restart",
+                    hint="[exporter] settings take effect on restart",
                 )
                 new = replace(new, exporter=self.config.exporter)
         except ConfigError as exc:

@@ -161,6 +161,10 @@ def test_watchdog_unit_keeps_the_contract_the_daemon_and_installer_rely_on(name:
     assert s["StateDirectory"][0].startswith("ollama-watchdog")
     # NVML needs /dev/nvidia*.
     assert "PrivateDevices" not in s and "DevicePolicy" not in s
+    # issue 18: descriptors and memory bounded, so neither a client flood nor a hostile Ollama
+    # turns the watchdog against Ollama's host
+    assert s["LimitNOFILE"] == ["4096"]
+    assert s["MemoryMax"] == ["512M"]
 
 
 @pytest.mark.parametrize("name", ["ollama.service", "ollama@.service"])

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 from support.daemon import write_config
+from support.hostile import Answer, HostileServer
 from support.sim import SimulatorProcess
 from support.tools import free_port
 
@@ -169,3 +170,13 @@ def test_a_bad_config_exits_78_not_a_nagios_state(tmp_path: Path) -> None:
     )
     assert proc.returncode == 78
     assert "probe.interval" in proc.stderr
+
+
+def test_check_honours_its_timeout_against_a_trickling_server(tmp_path: Path) -> None:
+    # issue 18: a byte every 0.3 s renewed the per-read timeout, so check hung for minutes;
+    # the whole exchange now has the configured 1 s (run_check's subprocess allows 120 s)
+    answer = Answer(body=lambda: [b'{"version":"0.32.15"}'], trickle_head=0.3)
+    with HostileServer({"/api/version": answer}) as srv:
+        code, out = run_check(tmp_path, srv.url, timeout="1s")
+    assert code == 2
+    assert out.startswith("OLLAMA CRITICAL - Ollama is not answering: timeout")

@@ -18,6 +18,7 @@ from support.facts import REAL_LOGS
 from ollama_watchdog.ollama.logparse import (
     LEVELS,
     RUNNER_ERROR_KINDS,
+    LogStream,
     Malformed,
     Message,
     Request,
@@ -256,11 +257,40 @@ PLAIN = (
         "июл 02 10:00:01 box ollama[1]: ",
         "2025-03-06 11:42:21 ",
         "ollama  | ",
-        "ggml_cuda_init: found 1 CUDA devices",
+        "ollama-1  | 2025-03-06T11:42:21.123456789Z ",
+        "2025-03-06T11:42:21.123456789Z stdout F ",
+        "2024-11-21T18:09:24+0100 box ollama[1]: ",
+        "Dec 24 23:48:35.123456 host ollama[3974]: ",
+        "huskeyw@timmy:~$ ",
+        '{"level":30,"time":1752516972752,"pid":10104,"hostname":"Ryzen7","msg":"',
     ],
 )
 def test_prefixes_do_not_matter(prefix: str) -> None:
     assert parse_line(prefix + PLAIN) == Request("POST", "/api/generate", 503, 0.017155908)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # issue 18: a debug line quoting a prompt that holds a GIN-looking text is no request
+        'time=2025-03-05T06:58:54.116Z level=DEBUG source=server.go:1 msg="chat request"'
+        ' prompt="' + PLAIN.replace('"', '\\"') + '"',
+        "Dec 24 23:48:35 host ollama[3974]: time=2025-03-05T06:58:54.116Z level=DEBUG"
+        ' source=routes.go:1 msg=prompt prompt="say ' + PLAIN.replace('"', '\\"') + '"',
+        # a runner echoing a prompt, and text glued in front of the marker by anyone
+        "srv  params_from_: prompt: " + PLAIN,
+        'llama_server: {"prompt":"' + PLAIN.replace('"', '\\"') + '"}',
+        "ggml_cuda_init: found 1 CUDA devices" + PLAIN,
+        "Dec 24 23:48:35 host ollama[3974]: user says " + PLAIN,
+        "x" * 600 + " " + PLAIN,
+    ],
+)
+def test_a_gin_marker_not_where_gin_writes_it_is_no_request(line: str) -> None:
+    event = parse_line(line)
+    assert not isinstance(event, (Request, Malformed))
+    if "level=DEBUG" in line:
+        assert event == Message("debug")  # the line is what it is: a debug message
+    assert LogStream().parse(line) == event
 
 
 def test_ansi_colours_are_ignored() -> None:

@@ -104,13 +104,15 @@ def test_long_latencies_stay_exact_past_the_cache() -> None:
     ("prefix", "event"),
     [
         # the first marker opens a request line: the text up to its first "|" is the date
-        ("junk [GIN] x", Request("GET", "/api/tags", 200, 0.0015)),
+        ("[GIN] x", Request("GET", "/api/tags", 200, 0.0015)),
         # the first marker does not: the line is malformed, whatever follows
-        ("junk [GIN] | ", Malformed("gin")),
         ("[GIN] 404 |", Malformed("gin")),
+        # the first marker is not where gin writes it: no request, whatever follows
+        ("junk [GIN] x", None),
+        ("junk [GIN] | ", None),
     ],
 )
-def test_the_first_gin_marker_decides(prefix: str, event: Request | Malformed) -> None:
+def test_the_first_gin_marker_decides(prefix: str, event: Request | Malformed | None) -> None:
     line = prefix + format_gin_line(WHEN, 200, 0.0015, "127.0.0.1", "GET", "/api/tags")
     assert parse_line(line) == event
     # the general path (taken for coloured lines) reads the same line the same way

@@ -31,6 +31,7 @@ from ollama_watchdog.collectors.logs.file import FileFollower
 from ollama_watchdog.collectors.logs.follower import LineSplitter
 from ollama_watchdog.collectors.logs.journal import JournalFollower, decode_message
 from ollama_watchdog.collectors.logs.model_names import ModelNames
+from ollama_watchdog.ollama.routes import STATUS_CODES
 
 GIN = '[GIN] 2026/01/20 - 23:15:46 | {code} | {lat:>13} |       127.0.0.1 | {m:<7}  "{path}"'
 
@@ -78,6 +79,44 @@ def test_requests_histogram_levels_errors_and_line_counts() -> None:
     assert v("ollama_runner_errors_total", {"kind": "out_of_memory"}) == 0
     assert v("ollama_watchdog_log_lines_total") == 8
     assert v("ollama_watchdog_log_lines_unparsed_total") == 1
+
+
+def test_status_codes_are_a_fixed_set_whatever_the_log_says() -> None:
+    # issue 18: codes 000-999 were all kept: 31 routes x 8 methods x 1000 codes, 247 387 series
+    counters = LogCounters()
+    reg = registry_of(counters.families)
+    counters.feed([gin(code, "1ms", "GET", "/api/tags") for code in range(100, 1000)])
+    counters.feed([gin(code, "1ms", "GET", "/api/tags") for code in (200, 503, 999)])
+    samples = [
+        s
+        for fam in reg.collect()
+        if fam.name == "ollama_http_requests"
+        for s in fam.samples
+        if s.name == "ollama_http_requests_total"
+    ]
+    codes = {s.labels["code"]: s.value for s in samples}
+    assert set(codes) == {str(c) for c in STATUS_CODES} | {"other"}
+    assert codes["200"] == 2 and codes["503"] == 2 and codes["499"] == 1
+    assert codes["other"] == 900 - len(STATUS_CODES) + 1
+    assert sum(codes.values()) == 903
+
+
+def test_a_prompt_quoting_a_gin_line_is_no_request() -> None:
+    # issue 18: a debug line quoting a prompt with a GIN-looking text was counted as a real 503
+    counters = LogCounters()
+    reg = registry_of(counters.families)
+    fake = gin(503, "17.155908ms", "POST", "/api/generate").replace('"', '\\"')
+    counters.feed(
+        [
+            'time=2025-03-05T06:58:54.116Z level=DEBUG source=routes.go:1 msg="chat request"'
+            f' prompt="{fake}"',
+            gin(200, "1ms", "POST", "/api/generate"),
+        ]
+    )
+    gen = {"method": "POST", "route": "/api/generate"}
+    assert reg.get_sample_value("ollama_http_requests_total", {**gen, "code": "503"}) is None
+    assert reg.get_sample_value("ollama_http_requests_total", {**gen, "code": "200"}) == 1
+    assert reg.get_sample_value("ollama_log_messages_total", {"level": "debug"}) == 1
 
 
 def test_no_message_text_reaches_a_label() -> None:

@@ -131,6 +131,22 @@ def test_threshold_one_restarts_on_the_first_counted_failure() -> None:
     assert d.state_before is State.HEALTHY
 
 
+@pytest.mark.parametrize("kind", [SignalKind.LIVENESS, SignalKind.DEEP_PROBE])
+def test_the_watchdogs_own_exhaustion_is_never_counted(kind: SignalKind) -> None:
+    # issue 18: "too many open files" in the watchdog must not restart a healthy Ollama
+    p = WatchdogPolicy(cfg(startup_grace=0.0, failure_threshold=1), 0.0)
+    p.observe(live(True), 1.0)
+    for t in range(2, 50):
+        d = p.observe(
+            Signal.failed(kind, "local_error", "watchdog out of resources: EMFILE"), float(t)
+        )
+        assert not d.restart
+        assert d.consecutive[kind] == 0
+        assert d.state_after is State.HEALTHY
+    # a real failure afterwards still counts at once
+    assert p.observe(Signal.failed(kind, "timeout", "timeout after 5s"), 60.0).restart
+
+
 # -- restarting and the grace after it ---------------------------------------------------------
 
 

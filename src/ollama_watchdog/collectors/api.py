@@ -125,6 +125,11 @@ class ApiCollector:
         self._client.close()
 
     def _log_transition(self, live: ProbeResult) -> None:
+        if live.reason == "local_error":
+            # the watchdog's own exhaustion says nothing about Ollama: logged each time, and
+            # not an ollama_down (the healing policy does not count it either)
+            log.warning("probe_local_error", probe="version", error=live.error)
+            return
         # one event per state change, not per probe
         if live.ok and self._last_liveness_ok is not True:
             log.info("ollama_up", duration_ms=round(live.duration * 1000, 1))
@@ -167,7 +172,7 @@ class ApiCollector:
                 duration.add_metric([probe], o.duration)
         failures = CounterMetricFamily(
             "ollama_probe_failures",
-            "Failed probes by reason (timeout, refused, http_error, bad_response).",
+            "Failed probes by reason (timeout, refused, http_error, bad_response, local_error).",
             labels=["probe", "reason"],
         )
         for (probe, reason), n in sorted(self._counters.failures.items()):

@@ -72,7 +72,8 @@ class DeepProbeResult:
     """The outcome of the last deep probe, for the watchdog policy and ``check``."""
 
     ok: bool
-    #: ProbeError reason when not ok (timeout | refused | http_error | bad_response)
+    #: ProbeError reason when not ok (timeout | refused | http_error | bad_response |
+    #: local_error)
     reason: ProbeReason | None
     #: short error text (Ollama's own message), empty when ok
     error: str
@@ -168,6 +169,8 @@ class DeepProbeCollector:
             if outcome.reason is not None:
                 self._failures[outcome.reason] += 1
             failures = dict(self._failures)
+        if outcome.reason == "local_error":
+            log.warning("probe_local_error", probe=PROBE, error=outcome.error)
         if self._emit is not None:
             self._emit(
                 Signal(
@@ -195,7 +198,7 @@ def families(outcome: DeepProbeResult, failures: dict[ProbeReason, int]) -> list
     duration.add_metric([PROBE], outcome.seconds)
     failed = CounterMetricFamily(
         "ollama_probe_failures",
-        "Failed probes by reason (timeout, refused, http_error, bad_response).",
+        "Failed probes by reason (timeout, refused, http_error, bad_response, local_error).",
         labels=["probe", "reason"],
     )
     for reason in PROBE_REASONS:

@@ -3,11 +3,18 @@
 A scrape never measures anything. Collectors publish complete metric families into a
 ``SnapshotBoard`` when their run finishes (a dict swapped atomically); ``/metrics`` renders the
 latest snapshot. A hung Ollama or a wedged NVML call therefore cannot slow a scrape down.
+
+A client cannot hold the daemon's threads or descriptors: at most ``max_connections`` are
+served at once (one more is answered ``503`` and closed without a thread), and each request,
+from the wait for its first byte to the last byte of the answer, has one deadline
+(``request_timeout``). Every socket read and write waits only for what is left of it, so a client
+trickling one byte every few seconds is cut off at the deadline, not kept alive by each byte.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import socket
 import ssl
 import threading
@@ -22,12 +29,26 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from ollama_watchdog import __version__
 from ollama_watchdog.config import parse_listen
+from ollama_watchdog.oneline import valid_text
 
-# A client that opens a connection and sends nothing must not hold a server thread for long.
-_CONNECTION_TIMEOUT = 10.0
+#: a label value longer than this (from any collector) is cut
+_LABEL_LIMIT = 1024
+#: defaults of ``[exporter] max_connections`` and ``request_timeout``
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_REQUEST_TIMEOUT = 10.0
+#: sent, without waiting, to a connection over the cap
+_BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 28\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n\r\n"
+    b"too many connections, retry\n"
+)
 
 
 @dataclass(frozen=True)
@@ -82,13 +103,14 @@ class SnapshotCollector:
         def add(fam: Metric) -> None:
             # Two sources may feed one family (api and deep probe both export
             # ollama_probe_success{probe}); the text format allows each family once.
+            samples = _renderable(fam.samples)
             have = merged.get(fam.name)
             if have is None:
                 copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-                copy.samples = list(fam.samples)
+                copy.samples = samples
                 merged[fam.name] = copy
             else:
-                have.samples.extend(fam.samples)
+                have.samples.extend(samples)
 
         build = GaugeMetricFamily(
             "ollama_watchdog_build_info", "ollama-watchdog's version.", labels=["version"]
@@ -117,6 +139,32 @@ class SnapshotCollector:
         yield from merged.values()
 
 
+def _renderable(samples: list[Sample]) -> list[Sample]:
+    """Samples that render whatever a collector let through: label values as valid UTF-8 (a
+    lone surrogate would make every scrape an empty reply), values that convert to a float
+    (10**400 would not); one sample per label set. The usual case costs one pass and no copy."""
+    out: list[Sample] = []
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] | None = None
+    for sample in samples:
+        labels = sample.labels
+        if not all(v.isascii() for v in labels.values()):
+            labels = {k: valid_text(v, _LABEL_LIMIT) for k, v in labels.items()}
+            seen = set() if seen is None else seen
+        try:
+            float(sample.value)
+        except (OverflowError, TypeError, ValueError):
+            continue
+        if labels is not sample.labels:
+            sample = sample._replace(labels=labels)
+        if seen is not None:
+            key = (sample.name, tuple(sorted(labels.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(sample)
+    return out
+
+
 class WebAuth(Protocol):
     """What the exporter needs from a loaded web config (``webconfig.WebConfig``)."""
 
@@ -141,6 +189,58 @@ _LANDING = """<!DOCTYPE html>
 """
 
 
+class _Deadline:
+    """The deadline of the request being served on one connection (monotonic seconds)."""
+
+    def __init__(self, sock: socket.socket, budget: float) -> None:
+        self._sock = sock
+        self.budget = budget
+        self.at = time.monotonic() + budget
+
+    def restart(self) -> None:
+        self.at = time.monotonic() + self.budget
+
+    def arm(self) -> None:
+        """Let the next socket operation wait only for what is left of the deadline."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"request not done within {self.budget:g}s")
+        self._sock.settimeout(left)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side; each ``recv`` waits only for what is left of the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._deadline.arm()
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineWriter(io.BufferedIOBase):
+    """The socket's write side; ``sendall`` as a whole must finish by the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._deadline.arm()
+        # since Python 3.5 the timeout bounds the whole sendall, not each chunk of it
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _ExporterHTTPServer
     protocol_version = "HTTP/1.1"
@@ -152,11 +252,20 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(_CONNECTION_TIMEOUT)
+        # StreamRequestHandler.setup, with both sides bound to the request's deadline
+        self.connection = self.request
+        self._deadline = _Deadline(self.connection, self.server.request_timeout)
         # headers and body leave in two writes; with Nagle on, a keep-alive client's delayed
         # ACK holds the second one back ~40 ms on every scrape
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self._deadline))
+        self.wfile = _DeadlineWriter(self.connection, self._deadline)
+
+    def handle_one_request(self) -> None:
+        # the deadline runs from the wait for the request's first byte (an idle keep-alive
+        # connection is bounded too) to the last byte of the answer
+        self._deadline.restart()
+        super().handle_one_request()
 
     def _send(
         self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None
@@ -227,6 +336,8 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
         registry: CollectorRegistry,
         health: Callable[[], tuple[bool, str]],
         web: WebAuth | None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         host = address[0]
         if ":" in host or host == "":
@@ -234,6 +345,12 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
         self.registry = registry
         self.health = health
         self.web = web
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._active = 0
+        self._active_lock = threading.Lock()
+        #: connections refused over the cap, since the start
+        self.rejected = 0
         self._ssl = web.ssl_context() if web is not None else None
         super().__init__((host or "::", address[1]), _Handler, bind_and_activate=False)
         if host == "" and hasattr(socket, "IPV6_V6ONLY"):
@@ -253,6 +370,44 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
             sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # runs on the accept thread: a connection over the cap gets no thread at all
+        with self._active_lock:
+            admitted = self._active < self.max_connections
+            if admitted:
+                self._active += 1
+            else:
+                self.rejected += 1
+        if not admitted:
+            self._reject(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+
+    def _reject(self, request: Any) -> None:
+        if not isinstance(request, ssl.SSLSocket):
+            # a plain connection hears why, if its buffer takes the reply now; TLS would
+            # need a handshake, which is the client's time, not ours: that one is just closed
+            try:
+                request.setblocking(False)
+                request.send(_BUSY_REPLY)
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that hangs up or fails the TLS handshake is not the exporter's problem
         return
@@ -267,11 +422,16 @@ class Exporter:
         board: SnapshotBoard,
         health: Callable[[], tuple[bool, str]],
         web: WebAuth | None = None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(board))
         host, port = parse_listen(listen)
-        self._server = _ExporterHTTPServer((host, port), self.registry, health, web)
+        self._server = _ExporterHTTPServer(
+            (host, port), self.registry, health, web, max_connections, request_timeout
+        )
         self._thread: threading.Thread | None = None
 
     @property

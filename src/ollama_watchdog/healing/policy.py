@@ -59,6 +59,9 @@ operator can predict what it does:
   the threshold, an action's failure (escalation), or for planned causes, evidence that has held
   for its grace (checked on every input, ticks included: a planned action waits for a quiet
   moment, which is the absence of signals).
+* **The watchdog's own exhaustion is not Ollama's failure**: a failed signal whose reason is
+  ``local_error`` (too many open files, no memory, no buffers or ports in this process) is not
+  counted and changes nothing.
 * **Start-up grace from the policy's creation**: an Ollama that was already down when the watchdog
   started is restarted, but only after ``startup_grace`` plus ``failure_threshold`` failed probes.
 * **Grace after an action**: failures are not counted during ``startup_grace`` after an action
@@ -457,6 +460,9 @@ class WatchdogPolicy:
             return self._planned_or_nothing(before, now)
         if spec.requires is not None and self._failing[spec.requires]:
             # that kind already counts this outage (module docstring)
+            return self._decide(before, now)
+        if signal.reason == "local_error":
+            # the watchdog ran out of its own descriptors or memory: no evidence about Ollama
             return self._decide(before, now)
         self._failing[kind] = True
         self._healthy_since = None

@@ -7,32 +7,76 @@ classified at this boundary into ``ProbeError.reason``:
                      connection and never answers: that is a read timeout);
 - ``refused``      — nothing listens, the connection was reset, or the name does not resolve;
 - ``http_error``   — an HTTP status outside 2xx;
-- ``bad_response`` — a 2xx whose body is not the JSON this endpoint returns.
+- ``bad_response`` — a 2xx whose body is not the JSON this endpoint returns;
+- ``local_error``  — the watchdog itself ran out of something (descriptors, memory, buffers,
+                     local ports) before Ollama could answer: evidence about this process, not
+                     about Ollama, so the healing policy never counts it.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
+import io
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
-import requests
+from ollama_watchdog.oneline import one_line, valid_text
 
-from ollama_watchdog.oneline import one_line
+ProbeReason = Literal["timeout", "refused", "http_error", "bad_response", "local_error"]
+PROBE_REASONS: Final[tuple[ProbeReason, ...]] = (
+    "timeout",
+    "refused",
+    "http_error",
+    "bad_response",
+    "local_error",
+)
+#: errors of the watchdog's own resources: too many open files (per process, per system), no
+#: memory, no socket buffers, no free local port
+LOCAL_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EADDRNOTAVAIL}
+)
 
-ProbeReason = Literal["timeout", "refused", "http_error", "bad_response"]
-PROBE_REASONS: Final[tuple[ProbeReason, ...]] = ("timeout", "refused", "http_error", "bad_response")
-
-# Bounded bodies: an answer bigger than this is not something Ollama sends for these endpoints.
-_MAX_BODY = 32 * 1024 * 1024
+#: per endpoint: the most bytes of body read, and the most JSON objects and lists in it. What
+#: Ollama sends is far below: /api/version ~30 bytes; an /api/tags or /api/ps entry ~450 bytes
+#: and 4 containers, so 8 MiB holds ~18 000 models in the store and 4 MiB ~9 000 loaded ones
+#: (OLLAMA_MAX_LOADED_MODELS is 3 per GPU by default). The container cap keeps a hostile body
+#: small once parsed: 8 MiB of "{}," would be 400 MB of dicts.
+_LIMITS: Final[Mapping[str, tuple[int, int]]] = {
+    "/api/version": (64 * 1024, 64),
+    "/api/tags": (8 * 1024 * 1024, 100_000),
+    "/api/ps": (4 * 1024 * 1024, 50_000),
+}
+#: a probe's generation is a few tokens: one streamed line ~300 bytes, the whole stream a few KB
+_GENERATE_BODY: Final = 1024 * 1024
+_GENERATE_LINE: Final = 64 * 1024
+_GENERATE_CONTAINERS: Final = 256
+#: the most of an error body read for its message
+_ERROR_BODY: Final = 4096
+_READ_CHUNK: Final = 64 * 1024
 #: an error detail from Ollama (a body, an exception text) is cut to this many characters
 _DETAIL_LIMIT: Final = 160
+#: a string field from Ollama (a model name, a digest) is cut to this many characters
+_FIELD_LIMIT: Final = 256
+#: sizes, counts and durations are Go int64s, never negative
+_INT_MAX: Final = 2**63 - 1
 
 
 T = TypeVar("T")
+
+
+def local_error(exc: OSError) -> ProbeError:
+    """A ``local_error`` naming the resource that ran out."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    return ProbeError("local_error", f"watchdog out of resources: {name} ({exc.strerror})")
 
 
 class ProbeError(Exception):
@@ -65,6 +109,10 @@ def timed_probe(
         value = call()
     except ProbeError as exc:
         return ProbeResult(probe, False, clock() - start, exc.reason, exc.detail), None
+    except (RecursionError, OverflowError, UnicodeError) as exc:
+        # a value the boundary did not bound: still a malformed answer, never a lost probe
+        detail = f"unusable answer ({type(exc).__name__})"
+        return ProbeResult(probe, False, clock() - start, "bad_response", detail), None
     return ProbeResult(probe, True, clock() - start), value
 
 
@@ -148,7 +196,7 @@ def _str(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> st
         return ""
     if not isinstance(v, str):
         raise ProbeError("bad_response", f"{what}: field {key!r} missing or not a string")
-    return v
+    return valid_text(v, _FIELD_LIMIT)
 
 
 def _int(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> int:
@@ -157,13 +205,21 @@ def _int(d: Mapping[str, Any], key: str, what: str, required: bool = True) -> in
         return 0
     if isinstance(v, bool) or not isinstance(v, int):
         raise ProbeError("bad_response", f"{what}: field {key!r} missing or not an integer")
+    if not 0 <= v <= _INT_MAX:
+        # 10**400 would raise OverflowError as a float; a negative size is no size
+        raise ProbeError("bad_response", f"{what}: field {key!r} out of range")
     return v
+
+
+def _opt_str(value: Any) -> str:
+    """A descriptive field: kept when it is a string, else empty."""
+    return valid_text(value, _FIELD_LIMIT) if isinstance(value, str) else ""
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
-    return tuple(x for x in value if isinstance(x, str))
+    return tuple(valid_text(x, _FIELD_LIMIT) for x in value[:64] if isinstance(x, str))
 
 
 def _models_list(body: Any, what: str) -> list[dict[str, Any]]:
@@ -179,91 +235,178 @@ def _models_list(body: Any, what: str) -> list[dict[str, Any]]:
     return [_obj(m, f"{what} entry") for m in models]
 
 
+class _Deadline:
+    """The one deadline of an exchange (monotonic seconds) and what it was set from."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.at = time.monotonic() + budget
+
+    def left(self) -> float:
+        """Seconds left; raises TimeoutError once none are."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"not done within {self.budget:g}s")
+        return left
+
+
+class _DeadlineSocket:
+    """What ``http.client`` needs of a socket; every send and receive waits only for what is
+    left of the deadline, so a server trickling a byte at a time is cut off when it passes
+    (a per-read timeout would be renewed by every byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.settimeout(self._deadline.left())
+        self._sock.sendall(data)  # the timeout bounds the whole sendall (Python >= 3.5)
+
+    def recv_into(self, buffer: Any) -> int:
+        self._sock.settimeout(self._deadline.left())
+        return self._sock.recv_into(buffer)
+
+    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
+        return io.BufferedReader(_SocketReader(self))
+
+    def close(self) -> None:
+        # http.client closes its socket as soon as a "Connection: close" answer's head is read,
+        # while the body is still to come (a real socket stays open for its makefile); the
+        # exchange closes the real one when it is done
+        return
+
+
+class _SocketReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+class _Connection(http.client.HTTPConnection):
+    """``http.client`` over a :class:`_DeadlineSocket`, TLS included for ``https://``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        deadline: _Deadline,
+        connect_timeout: float,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(host, port, timeout=connect_timeout)
+        self._deadline = deadline
+        self._connect_timeout = connect_timeout
+        self._tls = tls
+        self.connected = False
+        self.raw: socket.socket | None = None
+
+    def connect(self) -> None:
+        raw = socket.create_connection(
+            (self.host, self.port), timeout=min(self._connect_timeout, self._deadline.left())
+        )
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                raw.settimeout(self._deadline.left())
+                raw = self._tls.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        self.connected = True
+        self.raw = raw
+        # http.client only sends, makes files of and closes its socket
+        self.sock = _DeadlineSocket(raw, self._deadline)
+
+    def release(self) -> None:
+        """Close the real socket (``close`` is called by http.client before the body is read)."""
+        self.close()
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
+
+
 class OllamaClient:
-    """One ``requests.Session`` per client; not shared between threads that run concurrently."""
+    """One client per collector; not shared between threads that run concurrently.
+
+    Every call is one exchange on a fresh connection under one deadline (``timeout``, or the
+    generation's own): connecting, sending, the status line, the headers and the body together.
+    Bodies are read in pieces and refused as soon as they pass the endpoint's cap, so neither a
+    trickling nor an endless answer can hold the probe or grow the daemon.
+    """
 
     def __init__(self, base_url: str, timeout: float, connect_timeout: float | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         # Connecting to a local server is instant or refused; cap it below the read timeout.
         self.connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 3.0)
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = "ollama-watchdog"
-        # Environment proxies must not capture loopback probes.
-        self._session.trust_env = False
+        parts = urlsplit(self.base_url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        # no environment proxy: loopback probes go straight to Ollama
 
     def close(self) -> None:
-        self._session.close()
+        """Nothing is kept between calls (each closes its own connection)."""
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _request(
+    @contextmanager
+    def _exchange(
         self,
         method: str,
         path: str,
         *,
         json_body: Mapping[str, Any] | None = None,
         timeout: float | None = None,
-        stream: bool = False,
-    ) -> requests.Response:
-        read_timeout = self.timeout if timeout is None else timeout
+    ) -> Iterator[tuple[http.client.HTTPResponse, _Deadline]]:
+        """Send one request and yield its 2xx response; everything under one deadline."""
+        budget = self.timeout if timeout is None else timeout
+        deadline = _Deadline(budget)
+        conn = _Connection(
+            self._host, self._port, deadline, min(self.connect_timeout, budget), self._tls
+        )
+        answered = False
+        resp: http.client.HTTPResponse | None = None
         try:
-            resp = self._session.request(
-                method,
-                self.base_url + path,
-                json=json_body,
-                timeout=(min(self.connect_timeout, read_timeout), read_timeout),
-                stream=stream,
-                allow_redirects=False,
-            )
-        except requests.exceptions.ConnectTimeout:
-            raise ProbeError("timeout", f"connect timeout after {read_timeout:g}s") from None
-        except requests.exceptions.ReadTimeout:
-            raise ProbeError("timeout", f"timeout after {read_timeout:g}s") from None
-        except requests.exceptions.ConnectionError as exc:
-            text = str(exc)
-            if "timed out" in text.lower():
-                raise ProbeError("timeout", f"timeout after {read_timeout:g}s") from None
-            if "refused" in text.lower():
-                raise ProbeError("refused", "connection refused") from None
-            if "RemoteDisconnected" in text or "reset" in text.lower():
-                raise ProbeError("refused", "connection closed without a response") from None
-            raise ProbeError(
-                "refused", "cannot connect: " + one_line(text, _DETAIL_LIMIT)
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            raise ProbeError("bad_response", one_line(str(exc), _DETAIL_LIMIT)) from None
-        if not 200 <= resp.status_code < 300:
-            detail = _error_detail(resp)
-            resp.close()
-            raise ProbeError("http_error", f"HTTP {resp.status_code}{detail}", resp.status_code)
-        return resp
+            body = json.dumps(json_body).encode() if json_body is not None else None
+            headers = {"User-Agent": "ollama-watchdog", "Connection": "close"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, self._prefix + path, body=body, headers=headers)
+            resp = conn.getresponse()
+            answered = True
+            if not 200 <= resp.status < 300:
+                detail = _error_detail(resp)
+                raise ProbeError("http_error", f"HTTP {resp.status}{detail}", resp.status)
+            yield resp, deadline
+        except ProbeError:
+            raise
+        except Exception as exc:  # classified here, at the boundary, or re-raised as it was
+            raise _classify(exc, budget, conn.connected, answered) from None
+        finally:
+            if resp is not None:
+                resp.close()
+            conn.release()
 
     def _get_json(self, path: str) -> Any:
-        resp = self._request("GET", path)
-        try:
-            raw = resp.content
-        except requests.exceptions.RequestException as exc:
-            if "timed out" in str(exc).lower():
-                raise ProbeError("timeout", f"body timeout after {self.timeout:g}s") from None
-            raise ProbeError(
-                "bad_response", "body cut off: " + one_line(str(exc), _DETAIL_LIMIT)
-            ) from None
-        finally:
-            resp.close()
-        if len(raw) > _MAX_BODY:
-            raise ProbeError("bad_response", f"{path}: body larger than {_MAX_BODY} bytes")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ProbeError("bad_response", f"{path}: body is not JSON") from None
+        cap, containers = _LIMITS[path]
+        with self._exchange("GET", path) as (resp, _):
+            raw = _read_capped(resp, cap, path)
+        return _loads(raw, path, containers)
 
     # -- endpoints ------------------------------------------------------------------------------
 
     def version(self) -> str:
         obj = _obj(self._get_json("/api/version"), "/api/version")
         version = _str(obj, "version", "/api/version")
-        if not version or len(version) > 64:
+        if not version or len(version) > 64 or not version.isprintable():
             raise ProbeError("bad_response", "/api/version: implausible version string")
         return version
 
@@ -278,9 +421,9 @@ class OllamaClient:
                     size=_int(m, "size", "/api/tags"),
                     digest=_str(m, "digest", "/api/tags", required=False),
                     modified_at=_str(m, "modified_at", "/api/tags", required=False),
-                    family=str(details.get("family") or ""),
-                    parameter_size=str(details.get("parameter_size") or ""),
-                    quantization_level=str(details.get("quantization_level") or ""),
+                    family=_opt_str(details.get("family")),
+                    parameter_size=_opt_str(details.get("parameter_size")),
+                    quantization_level=_opt_str(details.get("quantization_level")),
                     capabilities=_str_tuple(m.get("capabilities")),
                 )
             )
@@ -290,7 +433,7 @@ class OllamaClient:
         out: list[LoadedModel] = []
         for m in _models_list(self._get_json("/api/ps"), "/api/ps"):
             ctx = m.get("context_length")
-            ctx_ok = isinstance(ctx, int) and not isinstance(ctx, bool)
+            ctx_ok = isinstance(ctx, int) and not isinstance(ctx, bool) and 0 <= ctx <= _INT_MAX
             out.append(
                 LoadedModel(
                     name=_str(m, "name", "/api/ps"),
@@ -315,7 +458,6 @@ class OllamaClient:
         """Stream one generation; ``timeout`` bounds the whole call, not just each read."""
         budget = self.timeout if timeout is None else timeout
         start = time.monotonic()
-        deadline = start + budget
         body = {
             "model": model,
             "prompt": prompt,
@@ -323,26 +465,20 @@ class OllamaClient:
             "keep_alive": keep_alive,
             "options": {"num_predict": num_predict, "temperature": 0},
         }
-        resp = self._request("POST", "/api/generate", json_body=body, timeout=budget, stream=True)
         ttft: float | None = None
         final: dict[str, Any] | None = None
-        try:
-            for line in _iter_lines(resp, deadline, budget):
-                try:
-                    chunk = _obj(json.loads(line), "/api/generate chunk")
-                except ValueError:
-                    raise ProbeError("bad_response", "/api/generate: chunk is not JSON") from None
+        with self._exchange("POST", "/api/generate", json_body=body, timeout=budget) as (resp, _):
+            for line in _iter_lines(resp, "/api/generate"):
+                chunk = _obj(_loads(line, "/api/generate chunk", _GENERATE_CONTAINERS), "chunk")
                 if "error" in chunk:
                     # a mid-stream error arrives as 200 + {"error": ...}; its text is Ollama's own
-                    detail = one_line(str(chunk["error"]), _DETAIL_LIMIT)
+                    detail = one_line(valid_text(str(chunk["error"]), 1024), _DETAIL_LIMIT)
                     raise ProbeError("bad_response", "/api/generate: " + detail)
                 if ttft is None and chunk.get("response"):
                     ttft = time.monotonic() - start
                 if chunk.get("done") is True:
                     final = chunk
                     break
-        finally:
-            resp.close()
         if final is None:
             raise ProbeError("bad_response", "/api/generate: stream ended without done:true")
         ns = 1e-9
@@ -385,33 +521,102 @@ class OllamaClient:
         resp.close()
 
 
-def _iter_lines(resp: requests.Response, deadline: float, budget: float) -> Iterator[bytes]:
-    try:
-        for line in resp.iter_lines(chunk_size=4096):
-            if time.monotonic() > deadline:
-                raise ProbeError("timeout", f"generation not done after {budget:g}s")
-            if line:
+def _iter_lines(resp: http.client.HTTPResponse, what: str) -> Iterator[bytes]:
+    """The non-empty lines of a streamed body, each and all of them bounded."""
+    pending = b""
+    total = 0
+    while True:
+        piece = resp.read1(_READ_CHUNK)
+        if not piece:
+            break
+        total += len(piece)
+        if total > _GENERATE_BODY:
+            raise ProbeError("bad_response", f"{what}: stream longer than {_GENERATE_BODY} bytes")
+        pending += piece
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > _GENERATE_LINE:
+            raise ProbeError("bad_response", f"{what}: a line longer than {_GENERATE_LINE} bytes")
+        for line in lines:
+            if line.strip():
                 yield line
-    except requests.exceptions.RequestException as exc:
-        if "timed out" in str(exc).lower():
-            raise ProbeError("timeout", f"timeout after {budget:g}s") from None
-        raise ProbeError(
-            "bad_response", "stream cut off: " + one_line(str(exc), _DETAIL_LIMIT)
-        ) from None
+    if pending.strip():
+        yield pending
 
 
-def _error_detail(resp: requests.Response) -> str:
+def _read_capped(resp: http.client.HTTPResponse, cap: int, what: str) -> bytes:
+    """The whole body, refused as soon as it passes ``cap`` (a declared length at once)."""
+    if resp.length is not None and resp.length > cap:
+        raise ProbeError("bad_response", f"{what}: body of {resp.length} bytes, over {cap}")
+    buf = bytearray()
+    while True:
+        piece = resp.read1(_READ_CHUNK)
+        if not piece:
+            return bytes(buf)
+        buf += piece
+        if len(buf) > cap:
+            raise ProbeError("bad_response", f"{what}: body larger than {cap} bytes")
+
+
+def _loads(raw: bytes, what: str, containers: int) -> Any:
+    """JSON as Ollama's Go encoder writes it, or ``bad_response``."""
+    if raw.count(b"{") + raw.count(b"[") > containers:
+        raise ProbeError("bad_response", f"{what}: more than {containers} JSON objects or lists")
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise ProbeError("bad_response", f"{what}: body is not JSON") from None
+    except RecursionError:
+        raise ProbeError("bad_response", f"{what}: JSON nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON (and Go's encoder) has none of them
+    raise ValueError(f"{name} is not JSON")
+
+
+def _classify(exc: BaseException, budget: float, connected: bool, answered: bool) -> ProbeError:
+    """One failure of an exchange as a :class:`ProbeError` (module docstring)."""
+    if isinstance(exc, MemoryError):
+        return ProbeError("local_error", "watchdog out of memory reading the answer")
+    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        return local_error(exc)
+    if isinstance(exc, TimeoutError):
+        if not connected:
+            return ProbeError("timeout", f"connect timeout after {budget:g}s")
+        return ProbeError("timeout", f"timeout after {budget:g}s")
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeError("refused", "connection refused")
+    if isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+        if answered:
+            return ProbeError("bad_response", "body cut off: connection closed")
+        return ProbeError("refused", "connection closed without a response")
+    if isinstance(exc, socket.gaierror):
+        return ProbeError("refused", "cannot connect: " + one_line(str(exc), _DETAIL_LIMIT))
+    if isinstance(exc, http.client.IncompleteRead):
+        return ProbeError("bad_response", "body cut off before its end")
+    if isinstance(exc, http.client.HTTPException):
+        name = type(exc).__name__
+        return ProbeError("bad_response", f"not an HTTP answer ({name})")
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        return ProbeError("refused", "cannot connect: " + one_line(text, _DETAIL_LIMIT))
+    raise exc
+
+
+def _error_detail(resp: http.client.HTTPResponse) -> str:
     """Ollama's own error message (``{"error": ...}``), bounded; never a model's output."""
     try:
-        obj = json.loads(resp.content[:4096])
+        raw = resp.read1(_ERROR_BODY) if resp.length != 0 else b""
+        obj = json.loads(raw)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-            return ": " + one_line(obj["error"], _DETAIL_LIMIT)
+            return ": " + one_line(valid_text(obj["error"], 1024), _DETAIL_LIMIT)
     except Exception:  # the status code alone is the answer
         return ""
     return ""
 
 
 __all__ = [
+    "LOCAL_ERRNOS",
     "PROBE_REASONS",
     "GenerateResult",
     "LoadedModel",
@@ -420,6 +625,7 @@ __all__ = [
     "ProbeError",
     "ProbeReason",
     "ProbeResult",
+    "local_error",
     "parse_go_time",
     "timed_probe",
 ]

@@ -8,10 +8,13 @@ and the model runner's own output, verbatim (llama.cpp, ggml, the GPU libraries,
 runtime up to 0.24, llama-server from 0.30). Of the runner's output, llama-server's timing lines
 (v0.30+, §2.7) carry numbers worth counting, and its failure lines are runner errors.
 
-Nothing here keys on a prefix: journald (with localised month names), syslog, docker (compose,
-timestamps), GUI log wrappers and C output glued in front are all skipped by searching for
-``[GIN] `` / ``level=`` inside the line, and a runner's words are looked for where its own text
-may begin (the start of the line, or after such a prefix). Every label value an event carries
+Nothing here keys on one prefix: journald (with localised month names), syslog, docker
+(compose, timestamps), GUI log wrappers are all skipped. A request line counts only where gin
+writes it: ``[GIN] `` at the start of the message, which is the start of the line or the end of
+one such known prefix (:data:`_GIN_PREFIX`); anywhere else (a debug line quoting a prompt that
+contains a GIN-looking text) it is text, and the line is parsed as what it is. ``level=`` is
+searched inside the line, and a runner's words are looked for where its own text may begin (the
+start of the line, or after such a prefix). Every label value an event carries
 comes from a fixed set (:mod:`ollama_watchdog.ollama.routes`, :data:`LEVELS`,
 :data:`RUNNER_ERROR_KINDS`), so no input can create new series, and no message text or prompt
 ever leaves this module.
@@ -194,16 +197,46 @@ _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 
 # The fast path takes the common form, as gin prints it: status, then latency (one number and
 # unit below a minute, whole minutes and seconds above, as gin truncates there), the client,
-# then the end of the line (method and path). It is one match from the start of the line: the
-# prefix up to the first "[GIN] " is skipped by possessive loops, so the first marker decides,
-# as in _parse_gin. The end repeats (a few methods and routes, whoever the client), so its
-# labels are looked up once and kept; so are the long latencies (whole seconds). A line the
-# fast path does not take goes through _parse_gin (_GIN_RE): same result, only slower.
+# then the end of the line (method and path). It is one match from the marker, which
+# _gin_marker found where gin writes it (the first marker decides, as in _parse_gin). The end
+# repeats (a few methods and routes, whoever the client), so its labels are looked up once and
+# kept; so are the long latencies (whole seconds). A line the fast path does not take goes
+# through _parse_gin (_GIN_RE): same result, only slower.
 # ASCII digits only (?a): a non-ASCII digit, as valid for _GIN_RE as for float(), is left to it.
 _GIN_FAST: Final = re.compile(
-    r"(?as)[^\[]*+(?:\[(?!GIN\] )[^\[]*+)*+\[GIN\] [^|]*\| (\d{3}) \| *"
+    r"(?as)\[GIN\] [^|]*\| (\d{3}) \| *"
     r"(?:(\d+(?:\.\d+)?)(ns|µs|μs|us|ms|s)|((?:\d+h)?\d+m\d+s)) \|[^|]*\| (.*)"
 ).match
+# What may stand before "[GIN] " on a line: nothing (journald's MESSAGE, a file log), or a
+# sequence of the prefixes that log transports put in front of a message (real-logs.txt and
+# FACTS.md §2.1): a syslog / journalctl date, localised ("Dec 24 23:48:35 ", "de des. 24 ...",
+# "10月 19 ...", short-precise fractions), an ISO or Go-log timestamp (docker -t, CRI,
+# journalctl -o short-iso), "host ollama[123]: ", docker compose's "ollama-1  | ", CRI's
+# "stdout F ", a terminal's "user@host:~$ ", and a GUI's JSON wrapper of simple fields up to
+# "msg":" (real-logs.txt [19]). None of them holds "=" or an unescaped quote before the JSON
+# "msg", so a slog line quoting a prompt (level=DEBUG ... prompt="...[GIN] ...") never matches.
+_PREFIX_WORD: Final = r'[^\s"=|:\[\]{}]'
+_GIN_PREFIX: Final = re.compile(
+    # possessive everywhere: each part ends on a character the next cannot start with, and a
+    # line that is not one of these must be refused in one pass
+    r"(?:"
+    rf"{_PREFIX_WORD}{{1,16}}+(?: {_PREFIX_WORD}{{1,16}}+)? {{1,2}}"
+    r"\d{1,2} \d\d:\d\d:\d\d(?:\.\d{1,9})? "
+    r"|\d{4}(?:-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d(?::?\d\d)?)?"
+    r"|/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})?) "
+    r"|(?:[^\s\"=\[\]{}]{1,255}+ )?[\w.@/-]{1,64}+\[\d{1,10}\]: "
+    r"|[\w.-]{1,64}+ ++\| "
+    r"|std(?:out|err) [FP] "
+    r"|[\w.-]{1,64}+@[\w.-]{1,64}+:[^\s\"=]{0,255}?[$#] "
+    r"){0,4}+"
+    r'(?:\{(?:"\w{1,32}+":(?:-?\d{1,20}+|"[^"\\]{0,255}+"|true|false|null),){0,16}+"msg":")?'
+).fullmatch
+#: a longer text before the marker is no prefix anyone writes
+_GIN_PREFIX_MAX: Final = 512
+# prefix -> whether it is one of those. A busy log repeats its prefix (a journald one changes
+# once a second), so the regex runs about once per second and source, not once per line.
+_PREFIXES: Final[dict[str, bool]] = {}
+_PREFIXES_GET: Final = _PREFIXES.get
 # "200" -> 200 without parsing it each time
 _STATUS: Final = {f"{code:03d}": code for code in range(1000)}
 _GIN_TARGET_RE: Final = re.compile(r"([A-Z]+) +\\?\"([^\"\\]*)")
@@ -284,11 +317,26 @@ def _long_latency(text: str) -> float | None:
     return _remember(_LONG, text, seconds) if math.isfinite(seconds) else None
 
 
-def _parse_gin(line: str) -> Request | Malformed:
-    """A line with ``[GIN] `` that the fast path did not take: the general path (_GIN_RE)."""
-    if "\x1b" in line:
-        line = _ANSI_RE.sub("", line)
+def _gin_marker(line: str) -> int:
+    """Where gin's ``[GIN] `` starts the message of a line that holds one, or -1 when the first
+    one does not stand where gin writes it (see :data:`_GIN_PREFIX`)."""
     at = line.find("[GIN] ")
+    if at <= 0:
+        return at
+    if at > _GIN_PREFIX_MAX:
+        return -1
+    prefix = line[:at]
+    known = _PREFIXES_GET(prefix)
+    if known is None:
+        known = _remember(_PREFIXES, prefix, _GIN_PREFIX(prefix) is not None)
+    return at if known else -1
+
+
+def _parse_gin(line: str, at: int) -> Request | Malformed:
+    """A line with ``[GIN] `` at ``at`` that the fast path did not take: the general path."""
+    if "\x1b" in line:
+        # colours come after the marker (status, method): its position does not move
+        line = line[:at] + _ANSI_RE.sub("", line[at:])
     found = _GIN_RE.match(line, at + 6)
     if found is None:
         return Malformed("gin")
@@ -422,8 +470,8 @@ class LogStream:
 
     def parse(self, line: str) -> Event | None:
         """:func:`parse_line` for this stream."""
-        if "[GIN] " in line:  # request lines are no part of a runner failure
-            return parse_line(line)
+        if "[GIN] " in line and _gin_marker(line) >= 0:
+            return parse_line(line)  # request lines are no part of a runner failure
         return _parse_rest(line, self)
 
     def forget(self) -> None:
@@ -794,8 +842,12 @@ def parse_line(line: str) -> Event | None:
     # Most lines carry no marker at all: ``in`` answers that without a method call, and the
     # position is looked for only on a hit. The order is the priority when markers mix.
     if "[GIN] " in line:
+        at = 0 if line.startswith("[GIN] ") else _gin_marker(line)
+        if at < 0:
+            # a GIN-looking text inside another line (a prompt quoted in a debug line)
+            return _parse_rest(line, _STREAM)
         # colours (rare: gin colours a terminal only) are stripped by the general path
-        found = None if "\x1b" in line else _GIN_FAST(line)
+        found = None if "\x1b" in line else _GIN_FAST(line, at)
         if found is not None:
             code, number, unit, long, end = found.groups()
             labels = _TARGETS_GET(end) or _gin_target(end)
@@ -806,7 +858,7 @@ def parse_line(line: str) -> Event | None:
                     seconds = _LONG_GET(long) or _long_latency(long)
                 if seconds is not None:
                     return _new(Request, (labels[0], labels[1], _STATUS[code], seconds))
-        return _parse_gin(line)
+        return _parse_gin(line, at)
     return _parse_rest(line, _STREAM)
 
 

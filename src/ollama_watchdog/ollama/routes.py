@@ -5,8 +5,8 @@ routes older releases had). Everyone who needs a route name imports it from here
 parser turns a logged path into one of these templates, the simulator serves them.
 
 A path that is not one of these becomes :data:`OTHER`, so a scanner probing random URLs adds
-at most one series per method and status code instead of one per URL. Methods are bounded
-the same way (:data:`METHODS` or ``other``).
+at most one series per method and status code instead of one per URL. Methods and status codes
+are bounded the same way (:data:`METHODS`, :data:`STATUS_CODES` or ``other``).
 """
 
 from __future__ import annotations
@@ -82,6 +82,22 @@ INFERENCE_ROUTES: frozenset[str] = frozenset(
         "/v1/messages",
     }
 )
+#: the status codes kept as ``code`` label values: what Ollama's handlers and gin send (2xx
+#: answers and partial blobs, gin's redirects of a trailing slash, the 4xx of bad requests,
+#: auth, CORS, sizes and limits, 499 of a client gone, the 5xx of errors, overload, upstream
+#: and storage). Any other code is ``other``: a forged or future code cannot add series.
+STATUS_CODES: frozenset[int] = frozenset(
+    {200, 201, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
+     415, 422, 429, 499, 500, 501, 502, 503, 504, 507}
+)  # fmt: skip
+#: code -> its label value, for the codes kept
+STATUS_LABELS: dict[int, str] = {code: str(code) for code in STATUS_CODES}
+
+
+def status_label(code: int) -> str:
+    """Bound the ``code`` label to :data:`STATUS_CODES` or ``other``."""
+    return STATUS_LABELS.get(code, OTHER)
+
 
 #: every value the ``route`` label can take
 ROUTE_LABELS: frozenset[str] = frozenset({r.template for r in ROUTES} | {OTHER})
@@ -121,7 +137,10 @@ __all__ = [
     "OTHER",
     "ROUTES",
     "ROUTE_LABELS",
+    "STATUS_CODES",
+    "STATUS_LABELS",
     "Route",
     "method_label",
     "route_label",
+    "status_label",
 ]

@@ -30,6 +30,7 @@ from ollama_watchdog.ollama.logparse import (
     Timing,
     parse_line,
 )
+from ollama_watchdog.ollama.routes import OTHER, STATUS_LABELS
 
 #: request latency buckets (seconds): a HEAD / takes microseconds, a long generation minutes
 DURATION_BUCKETS: Final = (
@@ -47,7 +48,8 @@ MAX_MODELS: Final = 64
 class _RouteCounts:
     """The requests of one (method, route): a count per status code, a latency histogram."""
 
-    codes: dict[int, int]
+    #: by ``code`` label: a kept status code, or ``other``
+    codes: dict[str, int]
     buckets: list[int]
     total: float = 0.0
 
@@ -113,6 +115,7 @@ class LogCounters:
     def _count(self, events: list[Event]) -> None:
         # One loop per batch with the counters bound to locals: this runs for every event.
         routes, levels = self._routes, self._levels
+        status_labels = STATUS_LABELS
         tokens: _Tokens | None = None  # of the current model, looked up once per batch
         for event in events:
             if isinstance(event, Request):
@@ -122,7 +125,8 @@ class LogCounters:
                     counts = routes[method, route] = _RouteCounts(
                         {}, [0] * (len(DURATION_BUCKETS) + 1)
                     )
-                counts.codes[code] = counts.codes.get(code, 0) + 1
+                code_label = status_labels.get(code, OTHER)
+                counts.codes[code_label] = counts.codes.get(code_label, 0) + 1
                 counts.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
                 counts.total += seconds
             elif isinstance(event, Timing):
@@ -196,7 +200,7 @@ class LogCounters:
             labels=["method", "route", "code"],
         )
         for (method, route), (codes, _, _) in sorted(routes.items()):
-            for code, n in sorted((str(code), n) for code, n in codes.items()):
+            for code, n in sorted(codes.items()):
                 req.add_metric([method, route, code], n)
         dur = HistogramMetricFamily(
             "ollama_http_request_duration_seconds",
