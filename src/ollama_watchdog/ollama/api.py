@@ -54,6 +54,8 @@ _LIMITS: Final[Mapping[str, tuple[int, int]]] = {
     "/api/version": (64 * 1024, 64),
     "/api/tags": (8 * 1024 * 1024, 100_000),
     "/api/ps": (4 * 1024 * 1024, 50_000),
+    # a model's card: template, parameters, license text (tens of KB) and model_info's keys
+    "/api/show": (4 * 1024 * 1024, 10_000),
 }
 #: a probe's generation is a few tokens: one streamed line ~300 bytes, the whole stream a few KB
 _GENERATE_BODY: Final = 1024 * 1024
@@ -498,27 +500,18 @@ class OllamaClient:
     def capabilities(self, model: str) -> tuple[str, ...] | None:
         """``/api/show``'s ``capabilities`` of ``model`` (``completion``, ``embedding``, ...);
         None where this Ollama does not report them (before 0.30)."""
-        resp = self._request("POST", "/api/show", json_body={"model": model})
-        try:
-            raw = resp.content
-        except requests.exceptions.RequestException as exc:
-            raise ProbeError("bad_response", "/api/show: " + one_line(str(exc), 80)) from None
-        finally:
-            resp.close()
-        if len(raw) > _MAX_BODY:
-            raise ProbeError("bad_response", f"/api/show: body larger than {_MAX_BODY} bytes")
-        try:
-            body = _obj(json.loads(raw), "/api/show")
-        except (ValueError, UnicodeDecodeError):
-            raise ProbeError("bad_response", "/api/show: body is not JSON") from None
+        cap, containers = _LIMITS["/api/show"]
+        with self._exchange("POST", "/api/show", json_body={"model": model}) as (resp, _):
+            raw = _read_capped(resp, cap, "/api/show")
+        body = _obj(_loads(raw, "/api/show", containers), "/api/show")
         caps = body.get("capabilities")
         return None if caps is None else _str_tuple(caps)
 
     def unload(self, model: str, timeout: float | None = None) -> None:
         """Ask Ollama to unload ``model`` now (``keep_alive: 0``, an empty prompt: FACTS.md)."""
         body = {"model": model, "keep_alive": 0, "stream": False}
-        resp = self._request("POST", "/api/generate", json_body=body, timeout=timeout)
-        resp.close()
+        with self._exchange("POST", "/api/generate", json_body=body, timeout=timeout) as (resp, _):
+            _read_capped(resp, _GENERATE_BODY, "/api/generate")
 
 
 def _iter_lines(resp: http.client.HTTPResponse, what: str) -> Iterator[bytes]:
