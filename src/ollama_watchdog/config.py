@@ -98,6 +98,8 @@ class LogsConfig:
 @dataclass(frozen=True)
 class GpuConfig:
     enabled: GpuMode = GpuMode.AUTO
+    #: the GPUs this watchdog exports, by NVML index or UUID; empty: every GPU NVML sees
+    devices: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,42 @@ def _command(raw: object) -> tuple[str, ...]:
     return tuple(items)
 
 
+_GPU_UUID_RE = re.compile(r"GPU-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_GPU_DEVICES_HELP = (
+    "a non-empty list of GPU indexes or UUIDs as nvidia-smi -L shows them, like [0] or "
+    '["GPU-8a8e2e0c-5cd1-6d5c-0b8a-7a7d0f3c9e21"] (leave it out for every GPU)'
+)
+
+
+def _gpu_selector(item: object) -> int | str:
+    if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        return item
+    if isinstance(item, str) and _GPU_UUID_RE.fullmatch(item):
+        return item
+    raise ValueError(_GPU_DEVICES_HELP)
+
+
+def _gpu_devices(raw: object) -> tuple[int | str, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(_GPU_DEVICES_HELP)
+    out = tuple(_gpu_selector(item) for item in raw)
+    seen: set[int | str] = set()
+    for sel in out:
+        key = sel.lower() if isinstance(sel, str) else sel
+        if key in seen:
+            raise ValueError(f"each GPU named once ({_show(sel)} is named twice)")
+        seen.add(key)
+    return out
+
+
+def _env_gpu_devices(text: str) -> object:
+    """In the environment: a JSON list, or comma-separated indexes and UUIDs (``0,1``)."""
+    text = text.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [int(x) if x.strip().isdigit() else x.strip() for x in text.split(",")]
+
+
 def _choice(choices: type[E]) -> Callable[[object], E]:
     def parse(raw: object) -> E:
         value = str(raw).lower() if isinstance(raw, bool) else raw
@@ -337,6 +375,7 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("logs", "path"): _string,
     ("logs", "state_dir"): _path,
     ("gpu", "enabled"): _choice(GpuMode),
+    ("gpu", "devices"): _gpu_devices,
     ("healing", "ladder"): _bool,
     ("healing", "unload_timeout"): _positive_duration,
     ("healing", "kill_timeout"): _positive_duration,
@@ -441,6 +480,11 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
                 text = raw.strip()
                 value = json.loads(text) if text.startswith("[") else shlex.split(text)
             except ValueError:
+                value = raw
+        elif (section, key) == ("gpu", "devices"):
+            try:
+                value = _env_gpu_devices(raw)
+            except ValueError:  # not JSON: reported as the bad value it is
                 value = raw
         values[section][key] = _parse_value(section, key, value, f"environment {var}")
 

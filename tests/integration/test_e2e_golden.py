@@ -49,6 +49,8 @@ STABLE = {
     "ollama_log_timed_completions_total",
     "ollama_log_generated_tokens_total",
     "ollama_log_prompt_tokens_total",
+    "ollama_log_prefill_seconds_count",
+    "ollama_log_time_per_output_token_seconds_count",
 }
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 

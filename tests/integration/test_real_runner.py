@@ -29,6 +29,7 @@ from support.llama import require_llama_server
 from support.sim import SimulatorProcess
 from support.wait import wait_until
 
+from ollama_watchdog.collectors.logs.counters import PREFILL_BUCKETS, TPOT_BUCKETS
 from ollama_watchdog.simulator.llamamodel import params_for_size, write_llama_gguf
 
 pytestmark = pytest.mark.integration
@@ -152,6 +153,57 @@ def test_token_counters_equal_what_llama_server_returned_per_model(stack: Stack)
             code="200")
     settled(stack, "ollama_http_requests_total", 2, method="POST", route="/api/chat", code="200")
     assert stack.errors() == dict.fromkeys(stack.errors(), 0.0)
+
+
+def test_latency_histograms_count_each_completion_with_the_runners_own_timings(
+    stack: Stack,
+) -> None:
+    c = stack.client
+    for model in ("tiny-a:latest", "tiny-b:latest"):
+        # one runner at a time (keep_alive 0 on the last), so each timing line has one owner
+        answers = [
+            c.generate(model=model, prompt="how long until the first token",
+                       options={"num_predict": 14}),
+            c.chat(model=model, messages=[{"role": "user", "content": "and per token?"}],
+                   options={"num_predict": 7}),
+            c.generate(model=model, prompt="one token only", options={"num_predict": 1}),
+            list(c.generate(model=model, prompt="streamed", stream=True,
+                            options={"num_predict": 25}, keep_alive=0))[-1],
+        ]
+        assert [a["done"] for a in answers] == [True] * 4
+        wait_until(lambda: not stack.runners()["runners"], "the runner unloaded", T)
+        labels = {"model": model}
+        settled(stack, "ollama_log_prefill_seconds_count", 4, **labels)
+        # Ollama's durations are llama-server's timings (ns); the log prints them in ms to
+        # two decimals, so each completion may differ by 0.005 ms (and 1 ns of truncation)
+        rounding = 0.005e-3 + 1e-9
+        prompt_s = [a.get("prompt_eval_duration", 0) / 1e9 for a in answers]
+        assert stack.value("ollama_log_prefill_seconds_sum", **labels) == pytest.approx(
+            sum(prompt_s), abs=4 * rounding
+        )
+        assert stack.value("ollama_log_prefill_seconds_bucket", le="+Inf", **labels) == 4
+        # time per output token: the steps after the first token; one token has none
+        timed = [a for a in answers if a.get("eval_count", 0) >= 2]
+        assert any(a.get("eval_count", 0) < 2 for a in answers)  # the one-token request
+        assert timed
+        per_token = [a["eval_duration"] / 1e9 / (a["eval_count"] - 1) for a in timed]
+        tolerance = sum(rounding / (a["eval_count"] - 1) for a in timed)
+        tpot = "ollama_log_time_per_output_token_seconds"
+        assert stack.value(f"{tpot}_count", **labels) == len(timed)
+        assert stack.value(f"{tpot}_sum", **labels) == pytest.approx(
+            sum(per_token), abs=tolerance
+        )
+        # each observation in the bucket its value belongs to (le includes the bound), for
+        # every bound that no value comes within the log's rounding of
+        for name, values, bounds in (
+            ("ollama_log_prefill_seconds", prompt_s, PREFILL_BUCKETS),
+            (tpot, per_token, TPOT_BUCKETS),
+        ):
+            for le in bounds:
+                if all(abs(v - le) > 2 * rounding for v in values):
+                    below = sum(1 for v in values if v <= le)
+                    assert stack.value(f"{name}_bucket", le=repr(le), **labels) == below, le
+    assert stack.value("ollama_log_prefill_seconds_count", model="unknown") == 0
 
 
 def test_a_runner_killed_by_sigsegv_mid_generation_counts_once_and_reloads(

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ollama_watchdog.collectors import REGISTRY, Closable, build_collectors
+from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.config import Config, GpuConfig, GpuMode, LogsConfig, LogSource, ProbeConfig
 from ollama_watchdog.signals import Signal
 
@@ -54,3 +55,14 @@ def test_the_configuration_turns_collectors_off() -> None:
     off = replace(config, watchdog=replace(config.watchdog, enabled=False))
     plans = build_collectors(off, lambda s: None)
     assert [p.collector.name for p in plans] == ["api", "process"]
+
+
+def test_the_gpu_collector_gets_the_configured_devices() -> None:
+    uuid = "GPU-8a8e2e0c-5cd1-6d5c-0b8a-7a7d0f3c9e21"
+    config = replace(
+        Config(), logs=LogsConfig(source=LogSource.NONE), gpu=GpuConfig(devices=(1, uuid))
+    )
+    plans = build_collectors(config, lambda s: None)
+    gpu = next(p.collector for p in plans if p.collector.name == "gpu")
+    assert isinstance(gpu, GpuCollector)
+    assert gpu.devices == (1, uuid)

@@ -90,6 +90,44 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert c.gpu.enabled == "false"
 
 
+UUID = "GPU-8a8e2e0c-5cd1-6d5c-0b8a-7a7d0f3c9e21"
+
+
+def test_gpu_devices_by_index_or_uuid_from_file_and_environment(tmp_path: Path) -> None:
+    assert Config().gpu.devices == ()  # every GPU
+    p = tmp_path / "c.toml"
+    p.write_text(f'[gpu]\ndevices = [1, "{UUID}"]\n')
+    assert load_config(p, env={}).gpu.devices == (1, UUID)
+    for text in ("0,2", " 0, 2 ", "[0, 2]"):
+        c = load_config(tmp_path / "none.toml", env={"OLLAMA_WATCHDOG_GPU_DEVICES": text})
+        assert c.gpu.devices == (0, 2), text
+    c = load_config(tmp_path / "none.toml", env={"OLLAMA_WATCHDOG_GPU_DEVICES": UUID})
+    assert c.gpu.devices == (UUID,)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["[]", "[-1]", "[true]", '["0"]', '["GPU-1"]', '["MIG-8a8e2e0c-5cd1-6d5c-0b8a-7a7d0f3c9e21"]',
+     "0", '"all"', "[1.5]"],
+)  # fmt: skip
+def test_gpu_devices_refuses_what_names_no_gpu(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(f"[gpu]\ndevices = {value}\n")
+    with pytest.raises(ConfigError, match=r"for gpu\.devices: expected a non-empty list of GPU"):
+        load_config(p, env={})
+
+
+def test_gpu_devices_names_each_gpu_once(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    shouted = UUID.upper()  # the same GPU: NVML's hex digits are lower case, either matches
+    p.write_text(f'[gpu]\ndevices = [0, "{UUID}", "{shouted}"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, env={})
+    assert str(err.value).endswith(f'expected each GPU named once ("{shouted}" is named twice)')
+    with pytest.raises(ConfigError, match=r"OLLAMA_WATCHDOG_GPU_DEVICES.*expected a non-empty"):
+        load_config(tmp_path / "none.toml", env={"OLLAMA_WATCHDOG_GPU_DEVICES": "[0,"})
+
+
 def test_env_unknown_variable_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "none.toml", env={"OLLAMA_WATCHDOG_PROBE_INTERVALL": "5s"})

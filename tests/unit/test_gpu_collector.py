@@ -1,191 +1,37 @@
 """GpuCollector's logic against a small fake NVML module injected at the boundary.
 
-The fake mirrors nvidia-ml-py's surface that the collector uses (function names, units: mW,
-MHz, mJ, bytes; errors as ``NVMLError`` subclasses carrying ``value``). The real library is used
-too where this machine allows it: without a driver, ``pynvml.nvmlInit`` really fails, which is
-the absent state. Real-GPU agreement with nvidia-smi is in ``tests/gpu``.
+The fake (tests/support/nvml.py) mirrors nvidia-ml-py's surface that the collector uses
+(function names, units: mW, MHz, mJ, bytes; errors as ``NVMLError`` subclasses carrying
+``value``). The real library is used too where this machine allows it: without a driver,
+``pynvml.nvmlInit`` really fails, which is the absent state. Real-GPU agreement with
+nvidia-smi is in ``tests/gpu``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 from support.clock import FakeClock
+from support.nvml import (
+    DRIVER_NOT_LOADED,
+    GIB,
+    LIBRARY_NOT_FOUND,
+    FakeGpu,
+    FakeNvml,
+)
 from support.registry import registry_of
 
 from ollama_watchdog.collectors.gpu import (
     GpuCollector,
+    GpuDevicesNotFound,
     NvmlDeadlineExceeded,
     NvmlRequired,
 )
-
-GIB = 1024**3
-NOT_SUPPORTED, DRIVER_NOT_LOADED, LIBRARY_NOT_FOUND, GPU_IS_LOST = 3, 9, 12, 15
-
-
-class FakeNVMLError(Exception):
-    _text: ClassVar[dict[int, str]] = {
-        NOT_SUPPORTED: "Not Supported",
-        DRIVER_NOT_LOADED: "Driver Not Loaded",
-        LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
-        GPU_IS_LOST: "GPU is lost",
-    }
-
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
-    def __str__(self) -> str:
-        return self._text[self.value]
-
-
-class NVMLError_NotSupported(FakeNVMLError):  # pynvml's own naming
-    def __init__(self) -> None:
-        super().__init__(NOT_SUPPORTED)
-
-
-class NVMLError_GpuIsLost(FakeNVMLError):
-    def __init__(self) -> None:
-        super().__init__(GPU_IS_LOST)
-
-
-@dataclass
-class FakeGpu:
-    uuid: str
-    name: str = "NVIDIA H100 80GB HBM3"
-    util: int = 37
-    used: int = 2 * GIB
-    total: int = 80 * GIB
-    reserved: int = 480 * 1024**2
-    temp: int = 41
-    power_mw: int = 123_456
-    limit_mw: int = 700_000
-    sm_mhz: int = 1980
-    ecc: int = 0
-    reasons: int = 0x1 | 0x4  # gpu_idle + sw_power_cap
-    energy_mj: int = 5_000_000
-    procs: list[tuple[int, int | None]] = field(default_factory=list)
-    unsupported: set[str] = field(default_factory=set)
-    lost: bool = False
-    unopenable: bool = False  # NVML cannot open it (lost before initialisation)
-    #: handles from NVML initialisations before this one are stale (the GPU was reset)
-    valid_from: int = 0
-
-
-@dataclass(frozen=True)
-class FakeHandle:
-    gpu: FakeGpu
-    generation: int  # the NVML initialisation that opened it
-
-
-class FakeNvml:
-    """The part of ``pynvml`` the collector calls; counts calls; can hang like a wedged driver."""
-
-    NVMLError = FakeNVMLError
-    nvmlMemory_v2 = 0x02000028
-
-    def __init__(
-        self,
-        gpus: Sequence[FakeGpu] = (),
-        *,
-        init_error: int | None = None,
-        memory_v2: bool = True,
-    ) -> None:
-        self.gpus = list(gpus)
-        self.init_error = init_error
-        self.calls: Counter[str] = Counter()
-        self.hang: threading.Event | None = None
-        self.generation = 0
-        if not memory_v2:
-            self.nvmlMemory_v2 = None  # type: ignore[assignment]
-
-    def reset(self, gpu: FakeGpu) -> None:
-        """The GPU is back after a reset; handles opened before it no longer work."""
-        gpu.lost = False
-        gpu.valid_from = self.generation + 1
-
-    def _dev(self, h: FakeHandle, what: str) -> FakeGpu:
-        self.calls[what] += 1
-        gpu = h.gpu
-        if self.hang is not None and what == "utilization":
-            self.hang.wait()
-        if gpu.lost or h.generation < gpu.valid_from:
-            raise NVMLError_GpuIsLost()
-        if what in gpu.unsupported:
-            raise NVMLError_NotSupported()
-        return gpu
-
-    def nvmlInit(self) -> None:
-        self.calls["init"] += 1
-        self.generation += 1
-        if self.init_error is not None:
-            raise FakeNVMLError(self.init_error)
-
-    def nvmlShutdown(self) -> None:
-        self.calls["shutdown"] += 1
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "580.159.04"
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeHandle:
-        return FakeHandle(self.gpus[i], self.generation)
-
-    def nvmlDeviceGetUUID(self, h: FakeHandle) -> str:
-        if h.gpu.unopenable:
-            raise NVMLError_GpuIsLost()
-        return h.gpu.uuid
-
-    def nvmlDeviceGetName(self, h: FakeHandle) -> bytes:
-        return h.gpu.name.encode()  # older bindings return bytes
-
-    def nvmlDeviceGetUtilizationRates(self, h: FakeHandle) -> Any:
-        return SimpleNamespace(gpu=self._dev(h, "utilization").util, memory=3)
-
-    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle, version: int | None = None) -> Any:
-        g = self._dev(h, "memory")
-        if version is None:  # v1: used includes the driver's reserved memory
-            return SimpleNamespace(total=g.total, used=g.used + g.reserved, free=0)
-        assert version == self.nvmlMemory_v2
-        return SimpleNamespace(total=g.total, used=g.used, reserved=g.reserved, free=0)
-
-    def nvmlDeviceGetTemperature(self, h: FakeHandle, sensor: int) -> int:
-        assert sensor == 0
-        return self._dev(h, "temperature").temp
-
-    def nvmlDeviceGetPowerUsage(self, h: FakeHandle) -> int:
-        return self._dev(h, "power").power_mw
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeHandle) -> int:
-        return self._dev(h, "power_limit").limit_mw
-
-    def nvmlDeviceGetClockInfo(self, h: FakeHandle, clock: int) -> int:
-        assert clock == 1
-        return self._dev(h, "sm_clock").sm_mhz
-
-    def nvmlDeviceGetTotalEccErrors(self, h: FakeHandle, kind: int, counter: int) -> int:
-        assert (kind, counter) == (1, 0)
-        return self._dev(h, "ecc").ecc
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeHandle) -> int:
-        return self._dev(h, "throttle_reasons").reasons
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeHandle) -> list[Any]:
-        g = self._dev(h, "processes")
-        return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in g.procs]
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeHandle) -> int:
-        return self._dev(h, "energy").energy_mj
 
 
 @pytest.fixture
@@ -334,6 +180,115 @@ def test_ollama_memory_is_attributed_by_pid(
     pids = {555}  # the pid set is read again each round
     reg2 = registry_of(collectors[-1])
     assert v(reg2, "ollama_gpu_ollama_memory_bytes", gpu="0") == GIB
+
+
+# ---------------------------------------------------------------- whose GPUs: [gpu] devices
+
+
+def exported_gpus(reg: CollectorRegistry, metric: str) -> set[str]:
+    return {
+        s.labels["gpu"]
+        for fam in reg.collect()
+        for s in fam.samples
+        if fam.name == metric and "gpu" in s.labels
+    }
+
+
+def test_devices_by_index_or_uuid_export_only_those_gpus(
+    collectors: list[GpuCollector], clock: FakeClock
+) -> None:
+    gpus = [FakeGpu(uuid=f"GPU-{x}") for x in "abc"]
+    nvml = FakeNvml(gpus)
+    # an index and a UUID (in upper case: UUIDs compare in any case); label gpu stays NVML's index
+    c = make(collectors, nvml, clock, devices=["GPU-C", 0])
+    reg = registry_of(c)
+    reg = registry_of(c)  # the energy read scheduled by the first round shows now
+    assert v(reg, "ollama_gpu_devices") == 2
+    for metric in ("ollama_gpu_info", "ollama_gpu_up", "ollama_gpu_memory_used_bytes",
+                   "ollama_gpu_ollama_memory_bytes", "ollama_gpu_energy_joules"):  # fmt: skip
+        assert exported_gpus(reg, metric) == {"0", "2"}, metric
+    assert v(reg, "ollama_gpu_info", gpu="2", uuid="GPU-c", name=gpus[2].name,
+             driver="580.159.04") == 1  # fmt: skip
+    # the other GPU is never read: NVML is asked about two GPUs per round, not three
+    assert nvml.calls["utilization"] == 2 * 2
+    assert nvml.calls["energy"] == 2
+
+
+def test_one_watchdog_per_instance_splits_the_host_without_double_counting(
+    collectors: list[GpuCollector], clock: FakeClock
+) -> None:
+    # ollama@0 (server 100, runner 101) on GPU 0, ollama@1 (server 200, runner 201) on GPU 1;
+    # runner 201 also spilled onto GPU 0; 555 is a stranger's job on GPU 1
+    gpus = [
+        FakeGpu(uuid="GPU-a", used=11 * GIB, procs=[(101, 8 * GIB), (201, 3 * GIB)]),
+        FakeGpu(uuid="GPU-b", used=14 * GIB, procs=[(201, 12 * GIB), (555, 2 * GIB)]),
+    ]
+    nvml = FakeNvml(gpus)
+    mine = {0: frozenset({100, 101}), 1: frozenset({200, 201})}
+    split = [
+        registry_of(make(collectors, nvml, clock, pids=lambda: mine[0], devices=[0])),
+        registry_of(make(collectors, nvml, clock, pids=lambda: mine[1], devices=["GPU-b"])),
+    ]
+    assert [exported_gpus(r, "ollama_gpu_memory_used_bytes") for r in split] == [{"0"}, {"1"}]
+    assert v(split[0], "ollama_gpu_ollama_memory_bytes", gpu="0") == 8 * GIB
+    assert v(split[0], "ollama_gpu_other_memory_bytes", gpu="0") == 3 * GIB  # instance 1's
+    assert v(split[1], "ollama_gpu_ollama_memory_bytes", gpu="1") == 12 * GIB
+    assert v(split[1], "ollama_gpu_other_memory_bytes", gpu="1") == 2 * GIB
+
+    def host_sum(regs: list[CollectorRegistry], metric: str) -> float:
+        return sum(s.value for r in regs for f in r.collect() for s in f.samples
+                   if f.name == metric)  # fmt: skip
+
+    # summed over the instances (sum by (instance-free labels)), each GPU counts once
+    assert host_sum(split, "ollama_gpu_memory_used_bytes") == 25 * GIB
+    assert host_sum(split, "ollama_gpu_devices") == 2
+    # left at the default, both export every GPU: the host's memory counts twice
+    both = [
+        registry_of(make(collectors, nvml, clock, pids=lambda: mine[0])),
+        registry_of(make(collectors, nvml, clock, pids=lambda: mine[1])),
+    ]
+    assert host_sum(both, "ollama_gpu_memory_used_bytes") == 2 * 25 * GIB
+    # attribution is by instance either way: instance 0 never counts instance 1's runner
+    assert v(both[0], "ollama_gpu_ollama_memory_bytes", gpu="1") == 0
+    assert v(both[0], "ollama_gpu_other_memory_bytes", gpu="1") == 14 * GIB
+
+
+def test_a_named_gpu_nvml_lacks_fails_the_round_naming_both_and_is_looked_for_again(
+    collectors: list[GpuCollector], clock: FakeClock
+) -> None:
+    nvml = FakeNvml([FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b", unopenable=True)])
+    c = make(collectors, nvml, clock, devices=["GPU-c", 0], retry_interval=300.0)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(GpuDevicesNotFound) as err:
+                c.collect()
+            clock.now += 10
+    assert str(err.value) == (
+        "gpu.devices names GPU-c, which NVML does not have (it has 0 GPU-a, 1 (cannot be"
+        " opened)); fix [gpu] devices (nvidia-smi -L lists index and UUID)"
+    )
+    assert [e["event"] for e in logs].count("gpu_devices_not_found") == 1
+    # NVML was opened once and closed again; the next rounds did not touch it
+    assert (nvml.calls["init"], nvml.calls["shutdown"], nvml.calls["utilization"]) == (1, 1, 0)
+    # the GPU appears (a driver reload, a GPU added back): found at the next retry
+    nvml.gpus.append(FakeGpu(uuid="GPU-c"))
+    with pytest.raises(GpuDevicesNotFound):
+        c.collect()  # not yet: the retry interval has not passed
+    clock.now += 300
+    reg = registry_of(c)
+    assert exported_gpus(reg, "ollama_gpu_up") == {"0", "2"}
+    assert v(reg, "ollama_gpu_up", gpu="2") == 1
+    assert nvml.calls["init"] == 2
+
+
+def test_a_gpu_named_by_index_that_cannot_be_opened_is_exported_down(
+    collectors: list[GpuCollector], clock: FakeClock
+) -> None:
+    nvml = FakeNvml([FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b", unopenable=True)])
+    reg = registry_of(make(collectors, nvml, clock, devices=[1]))
+    assert v(reg, "ollama_gpu_devices") == 1
+    assert v(reg, "ollama_gpu_up", gpu="1") == 0
+    assert exported_gpus(reg, "ollama_gpu_up") == {"1"}
 
 
 # ---------------------------------------------------------------- errors are per metric

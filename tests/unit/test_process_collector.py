@@ -26,9 +26,11 @@ import psutil
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from support.nvml import FakeGpu, FakeNvml
 from support.registry import registry_of
 from support.wait import wait_until
 
+from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
 from ollama_watchdog.ollama.processes import classify_argv
 from ollama_watchdog.procgroup import stop_process_group
@@ -332,6 +334,32 @@ def test_unit_mainpid_picks_the_instance_and_skips_other_instances_runners(
     # the other instance's runner has a live Ollama parent: not ours, and not an orphan
     assert value(reg, "ollama_process_runners") == 1
     assert value(reg, "ollama_process_orphan_runners") == 0
+
+
+def test_gpu_memory_of_the_instance_is_its_server_its_runners_and_runners_left_behind(
+    standins: StandIns, models_dir: Path
+) -> None:
+    """ollama-watchdog@0 on a host with a second Ollama: the process collector's pids (this
+    instance's server, found by the unit's MainPID, and its children) split NVML's compute
+    processes (faked: no GPU here) into Ollama's and other's."""
+    other, other_runners, _ = standins.server(["llama-server"])
+    mine, my_runners, _ = standins.server(["runner"])
+    lone = standins.lone_runner()  # its server is gone: memory a restart should have freed
+    gib = 1024**3
+    gpu = FakeGpu(
+        uuid="GPU-a",
+        procs=[(mine, gib // 2), (my_runners[0], 3 * gib), (lone, 2 * gib),
+               (other, gib), (other_runners[0], 5 * gib), (os.getpid(), gib)],
+    )  # fmt: skip
+    process = ProcessCollector(models_dir, procfs=standins.procfs, main_pid=lambda: mine)
+    gpus = GpuCollector(process.ollama_pids, nvml=FakeNvml([gpu]), devices=["GPU-a"])
+    try:
+        process.collect()  # the daemon runs the process collector first; pids are its last
+        reg = registry_of(gpus)
+    finally:
+        gpus.stop()
+    assert value(reg, "ollama_gpu_ollama_memory_bytes", gpu="0") == gib // 2 + 3 * gib + 2 * gib
+    assert value(reg, "ollama_gpu_other_memory_bytes", gpu="0") == gib + 5 * gib + gib
 
 
 def test_real_procfs_scan_finds_the_standins(standins: StandIns, models_dir: Path) -> None:

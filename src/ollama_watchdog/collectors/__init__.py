@@ -100,7 +100,8 @@ def _process(ctx: Context) -> Collector:
 def _gpu(ctx: Context) -> Collector:
     process = ctx.built.get("process")
     pids = process.ollama_pids if isinstance(process, ProcessCollector) else frozenset
-    return GpuCollector(pids, required=ctx.config.gpu.enabled == GpuMode.TRUE)
+    gpu = ctx.config.gpu
+    return GpuCollector(pids, devices=gpu.devices, required=gpu.enabled == GpuMode.TRUE)
 
 
 def _evidence(ctx: Context) -> Collector:

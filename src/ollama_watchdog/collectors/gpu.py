@@ -25,6 +25,15 @@ Three rules shape the code (measured facts are in the team's NVML.md):
 
 Memory comes from the v2 structure, which agrees with nvidia-smi (v1 ``used`` includes the
 driver's reserved memory); without v2 we fall back to v1 and log it once.
+
+**Whose GPUs, whose processes.** With several Ollama instances on one host (one per GPU, each
+watched by its own ``ollama-watchdog@N``), ``devices`` (config ``[gpu] devices``) names the GPUs
+this watchdog exports, by NVML index or UUID; the others are never read, so two watchdogs do not
+both export the host's GPUs. A GPU compute process counts as Ollama's when its pid is one of this
+instance's (``ollama_pids``: the server this watchdog watches, its runners, and runners whose
+server is gone); every other process, another instance's runner included, is "other". Named GPUs
+NVML does not have fail the round with the list of those it has, and are looked for again every
+``retry_interval``.
 """
 
 from __future__ import annotations
@@ -101,6 +110,14 @@ class NvmlRequired(RuntimeError):
 
 class _Absent(Exception):
     """NVML cannot be used on this host; the message says why."""
+
+
+class GpuDevicesNotFound(RuntimeError):
+    """``devices`` names a GPU NVML does not have; the message lists those it has."""
+
+
+#: a ``devices`` entry: an NVML index (as nvidia-smi numbers GPUs) or a GPU UUID
+DeviceSelector = int | str
 
 
 @dataclass(frozen=True)
@@ -195,8 +212,9 @@ class GpuCollector:
     ``ollama_pids`` gives the pids of Ollama's processes (the process collector's
     :meth:`~ollama_watchdog.collectors.process.ProcessCollector.ollama_pids`); a GPU compute
     process whose pid is not among them counts as "other" (pids from another PID namespace
-    included). ``nvml`` is the NVML module; None imports ``pynvml`` on first use; tests pass a
-    fake module object.
+    included). ``devices`` limits the GPUs exported to those named (NVML index or UUID); empty:
+    all. ``nvml`` is the NVML module; None imports ``pynvml`` on first use; tests pass a fake
+    module object.
     """
 
     name = "gpu"
@@ -206,6 +224,7 @@ class GpuCollector:
         ollama_pids: Callable[[], Set[int]] = frozenset,
         *,
         nvml: Any | None = None,
+        devices: Sequence[DeviceSelector] = (),
         required: bool = False,
         deadline: float = 2.0,
         energy_interval: float = 30.0,
@@ -214,6 +233,8 @@ class GpuCollector:
     ) -> None:
         self._ollama_pids = ollama_pids
         self._nvml: Any = nvml  # None until _init imports pynvml
+        self.devices: tuple[DeviceSelector, ...] = tuple(devices)  # empty: every GPU
+        self._not_found: str | None = None  # why the last initialisation found no match
         self._required = required
         self._deadline = deadline
         self._energy_interval = energy_interval
@@ -282,12 +303,20 @@ class GpuCollector:
         if not self._initialized:
             if self._absent_reason is not None and now < self._retry_at:
                 return self._absent_snapshot()
+            if self._not_found is not None and now < self._retry_at:
+                raise GpuDevicesNotFound(self._not_found)
             try:
                 self._run(self._init)
             except _Absent as exc:
                 return self._became_absent(str(exc), now)
+            except GpuDevicesNotFound as exc:
+                if str(exc) != self._not_found:
+                    log.error("gpu_devices_not_found", error=str(exc))
+                self._not_found = str(exc)
+                self._retry_at = now + self._retry_interval
+                raise
             self._initialized = True
-            self._absent_reason = None
+            self._absent_reason = self._not_found = None
             log.info("nvml_ready", driver=self._driver, gpus=len(self._devices))
 
         pids = frozenset(self._ollama_pids())
@@ -402,9 +431,14 @@ class GpuCollector:
                 continue
             devices.append(GpuDevice(index=index, uuid=uuid, name=name))
             handles.append(handle)
+        try:
+            own = select_devices(devices, self.devices)
+        except GpuDevicesNotFound:
+            nvml.nvmlShutdown()
+            raise
         self._driver = driver
-        self._devices = tuple(devices)
-        self._handles = tuple(handles)
+        self._devices = tuple(devices[i] for i in own)
+        self._handles = tuple(handles[i] for i in own)
 
     def _value(self, gpu: int, metric: str, fn: Callable[[], T]) -> T | None:
         """One NVML reading; an NVML error drops this value alone and is logged once."""
@@ -516,13 +550,40 @@ class GpuCollector:
         self._energy = energy  # swapped whole: collect() reads it from another thread
 
 
+def select_devices(devices: Sequence[GpuDevice], selectors: Sequence[DeviceSelector]) -> list[int]:
+    """Positions in ``devices`` that ``selectors`` name (all when there are none), in NVML
+    order. An int is an NVML index, a string a UUID (any case); a GPU NVML could not open has
+    no UUID, so only its index names it."""
+    if not selectors:
+        return list(range(len(devices)))
+    by_index = {d.index: i for i, d in enumerate(devices)}
+    by_uuid = {d.uuid.lower(): i for i, d in enumerate(devices) if d.uuid}
+    chosen: set[int] = set()
+    missing: list[str] = []
+    for sel in selectors:
+        found = by_index.get(sel) if isinstance(sel, int) else by_uuid.get(sel.lower())
+        if found is None:
+            missing.append(str(sel))
+        else:
+            chosen.add(found)
+    if missing:
+        seen = ", ".join(f"{d.index} {d.uuid or '(cannot be opened)'}" for d in devices)
+        raise GpuDevicesNotFound(
+            f"gpu.devices names {', '.join(missing)}, which NVML does not have (it has {seen});"
+            " fix [gpu] devices (nvidia-smi -L lists index and UUID)"
+        )
+    return sorted(chosen)
+
+
 def gpu_families(snap: GpuSnapshot) -> list[Metric]:
     """Metric families of one snapshot (pure)."""
     available = GaugeMetricFamily(
         GPU_NVML_AVAILABLE, "1 if NVML is usable and found at least one GPU; 0: no driver/GPU"
     )
     available.add_metric([], 1.0 if snap.available else 0.0)
-    devices = GaugeMetricFamily(GPU_DEVICES, "GPUs NVML reports")
+    devices = GaugeMetricFamily(
+        GPU_DEVICES, "GPUs this watchdog exports: all NVML reports, or those of gpu.devices"
+    )
     devices.add_metric([], float(len(snap.devices)))
     out: list[Metric] = [available, devices]
     if not snap.available:
@@ -594,11 +655,14 @@ def gpu_families(snap: GpuSnapshot) -> list[Metric]:
 
 __all__ = [
     "THROTTLE_REASONS",
+    "DeviceSelector",
     "GpuCollector",
     "GpuDevice",
+    "GpuDevicesNotFound",
     "GpuSample",
     "GpuSnapshot",
     "NvmlDeadlineExceeded",
     "NvmlRequired",
     "gpu_families",
+    "select_devices",
 ]

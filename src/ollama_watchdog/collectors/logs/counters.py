@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from prometheus_client.metrics_core import (
@@ -38,6 +38,19 @@ DURATION_BUCKETS: Final = (
 )  # fmt: skip
 _BUCKET_LABELS: Final = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
 
+#: prefill seconds per completion: vLLM's ``vllm:time_to_first_token_seconds`` buckets
+PREFILL_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_PREFILL_LABELS: Final = (*(repr(b) for b in PREFILL_BUCKETS), "+Inf")
+#: seconds per output token: vLLM's ``vllm:inter_token_latency_seconds`` buckets
+TPOT_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+_TPOT_LABELS: Final = (*(repr(b) for b in TPOT_BUCKETS), "+Inf")
+
 #: model label value when the owner of a timing line cannot be known
 UNKNOWN_MODEL: Final = "unknown"
 #: the model label takes at most this many distinct names (plus ``unknown``)
@@ -56,11 +69,19 @@ class _RouteCounts:
 
 @dataclass
 class _Tokens:
+    """One model's counters and latency histograms (bucket counts, not yet cumulative)."""
+
     prompt_tokens: int = 0
     generated_tokens: int = 0
     prompt_seconds: float = 0.0
     generation_seconds: float = 0.0
     completions: int = 0
+    prefill: list[int] = field(default_factory=lambda: [0] * (len(PREFILL_BUCKETS) + 1))
+    tpot: list[int] = field(default_factory=lambda: [0] * (len(TPOT_BUCKETS) + 1))
+    tpot_sum: float = 0.0
+
+    def copy(self) -> _Tokens:
+        return replace(self, prefill=list(self.prefill), tpot=list(self.tpot))
 
 
 class LogCounters:
@@ -69,6 +90,14 @@ class LogCounters:
     The model of a timing line is the model of the runner started last, and ``unknown`` while
     the scheduler reports more than one loaded runner (timing lines do not say which runner
     wrote them, FACTS.md §2.7).
+
+    Latency, per completion that printed a timing block: its ``prompt eval time`` is one
+    observation of ``ollama_log_prefill_seconds`` (llama-server measures it from the start of
+    prompt processing until the first token is sampled: the runner's part of time to first
+    token), and its ``eval time`` over the tokens after the first is one observation of
+    ``ollama_log_time_per_output_token_seconds``. The eval time runs from the first token to
+    the last, so it spans ``tokens - 1`` steps (the runner's own "ms per token" divides by that
+    too); a completion of fewer than two tokens has no step and observes no TPOT.
     """
 
     def __init__(
@@ -136,9 +165,14 @@ class LogCounters:
                 if phase == "prompt":
                     tokens.prompt_tokens += count
                     tokens.prompt_seconds += seconds
+                    tokens.prefill[bisect_left(PREFILL_BUCKETS, seconds)] += 1
                 elif phase == "eval":
                     tokens.generated_tokens += count
                     tokens.generation_seconds += seconds
+                    if count > 1:
+                        per_token = seconds / (count - 1)
+                        tokens.tpot[bisect_left(TPOT_BUCKETS, per_token)] += 1
+                        tokens.tpot_sum += per_token
                 else:
                     tokens.completions += 1
             elif isinstance(event, Message):
@@ -192,7 +226,7 @@ class LogCounters:
             }
             levels = dict(self._levels)
             errors = dict(self._errors)
-            tokens = {m: _Tokens(**vars(t)) for m, t in self._tokens.items()}
+            tokens = {m: t.copy() for m, t in self._tokens.items()}
 
         req = CounterMetricFamily(
             "ollama_http_requests",
@@ -208,12 +242,7 @@ class LogCounters:
             labels=["method", "route"],
         )
         for (method, route), (_, buckets, total) in sorted(routes.items()):
-            cumulative: list[tuple[str, float]] = []
-            running = 0
-            for le, n in zip(_BUCKET_LABELS, buckets, strict=True):
-                running += n
-                cumulative.append((le, float(running)))
-            dur.add_metric([method, route], cumulative, total)
+            dur.add_metric([method, route], _cumulative(_BUCKET_LABELS, buckets), total)
         lvl = CounterMetricFamily(
             "ollama_log_messages", "Ollama server log messages by level.", labels=["level"]
         )
@@ -232,6 +261,22 @@ class LogCounters:
             for model, t in sorted(tokens.items()):
                 family.add_metric([model], getattr(t, field))
             return family
+
+        prefill = HistogramMetricFamily(
+            "ollama_log_prefill_seconds",
+            "Prompt evaluation (prefill) time per completion, until the first token: the"
+            " runner's part of time to first token (llama-server timing lines).",
+            labels=["model"],
+        )
+        tpot = HistogramMetricFamily(
+            "ollama_log_time_per_output_token_seconds",
+            "Generation time per output token after the first, one observation per completion"
+            " of two or more tokens (llama-server timing lines).",
+            labels=["model"],
+        )
+        for model, t in sorted(tokens.items()):
+            prefill.add_metric([model], _cumulative(_PREFILL_LABELS, t.prefill), t.prompt_seconds)
+            tpot.add_metric([model], _cumulative(_TPOT_LABELS, t.tpot), t.tpot_sum)
 
         return [
             req,
@@ -263,6 +308,8 @@ class LogCounters:
                 "Completions that ended normally and printed a timing block.",
                 "completions",
             ),
+            prefill,
+            tpot,
             CounterMetricFamily("ollama_watchdog_log_lines", "Ollama log lines read.", value=lines),
             CounterMetricFamily(
                 "ollama_watchdog_log_lines_unparsed",
@@ -273,4 +320,21 @@ class LogCounters:
         ]
 
 
-__all__ = ["DURATION_BUCKETS", "MAX_MODELS", "UNKNOWN_MODEL", "LogCounters"]
+def _cumulative(labels: tuple[str, ...], buckets: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts -> the cumulative ``(le, count)`` pairs of the exposition."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for le, n in zip(labels, buckets, strict=True):
+        running += n
+        out.append((le, float(running)))
+    return out
+
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "MAX_MODELS",
+    "PREFILL_BUCKETS",
+    "TPOT_BUCKETS",
+    "UNKNOWN_MODEL",
+    "LogCounters",
+]
