@@ -341,10 +341,17 @@ class OllamaClient:
                 if chunk.get("done") is True:
                     final = chunk
                     break
+        except ProbeError as exc:
+            # the server answered (and will log) this status before the stream failed
+            if exc.status is None:
+                exc.status = resp.status_code
+            raise
         finally:
             resp.close()
         if final is None:
-            raise ProbeError("bad_response", "/api/generate: stream ended without done:true")
+            raise ProbeError(
+                "bad_response", "/api/generate: stream ended without done:true", resp.status_code
+            )
         ns = 1e-9
         return GenerateResult(
             ttft_seconds=ttft,
