@@ -3,8 +3,8 @@
 ``promtool check`` and ``promtool test rules`` do the real work (each alert is made to fire and
 shown quiet in prometheus/tests/*.yml). The checks here keep that honest: every alert has a
 firing and a quiet case, carries severity/summary/description and an absolute runbook_url, and
-its runbook section exists in docs/operations.md. Whether each metric name exists in the exporter's output
-is checked against a live exporter in test_grafana_dashboards.py.
+its runbook section exists in docs/operations.md. Whether each metric name exists in the
+exporter's output is checked against a live exporter in test_grafana_dashboards.py.
 """
 
 from __future__ import annotations
