@@ -40,6 +40,12 @@ WAIT = 90.0  # generous: a deadline for waiting, never an assertion on speed
 
 # Panels that must show data with the demo's traffic (GPU panels cannot: no GPU here).
 MUST_HAVE_DATA = {
+    "Ollama up",
+    "Ready",
+    "Watchdog state",
+    "Inference error ratio",
+    "Inference error ratio by host",
+    "Loaded models",
     "Up / down",
     "Request rate by route",
     "Request latency p50 / p95 / p99 by route",
@@ -188,6 +194,7 @@ def concrete(expr: str, instance: str) -> str:
         ("$__rate_interval", "1m"),
         ("$__interval", "15s"),
         ("$__range", "1h"),
+        ("$job", JOB),
         # Grafana escapes regex metacharacters for a PromQL string: 127\\.0\\.0\\.1
         ("$instance", re.escape(instance).replace("\\", "\\\\")),
     ):
