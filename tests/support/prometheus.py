@@ -170,7 +170,8 @@ class PrometheusProcess(_Process):
             for series, value in self._history.items():
                 if series.split("{", 1)[0] == name:
                     start = now - int(self._history_seconds)
-                    lines += [f"{series} {value} {t}" for t in range(start, now - 5, 15)]
+                    # every second, as the tests scrape: avg_over_time weighs samples, not time
+                    lines += [f"{series} {value} {t}" for t in range(start, now - 2)]
         lines.append("# EOF")
         source = self.tmp / "history.om"
         source.write_text("\n".join(lines) + "\n")
