@@ -5,7 +5,8 @@
 # then installs Ollama exactly as Ollama's own scripts/install.sh would (binary + lib/ollama in
 # /usr/local, the `ollama` system user, render/video groups, the unit), the watchdog in a venv
 # from the bundled wheelhouse, our units, drop-in, polkit rule, logrotate config, config (only
-# if absent), dashboards and rules, the bundled models, then starts both services and ends with
+# if absent), dashboards, rules, the Alertmanager example and the docs, the bundled models, then
+# starts both services and ends with
 # `ollama-watchdog check`. Every step is logged to stdout and to $LOG_FILE. A second run changes
 # nothing; --dry-run shows what a run would change; --uninstall removes it (models stay unless
 # --purge).
@@ -31,10 +32,18 @@ STATE_DIR=/var/lib/ollama-watchdog-install
 FILES_DB=$STATE_DIR/installed-files
 WATCHDOG_STATE_DIR=/var/lib/ollama-watchdog
 API_WAIT_S=120
+# The runbook base every alert's runbook_url starts with (prometheus/alerts.yml): by default the
+# exporter of the instance that fired serves it; --runbook-url sets one base for all, once.
+# shellcheck disable=SC2016 # a Prometheus template, not a shell expansion
+DEFAULT_RUNBOOK_BASE='http://{{ $labels.instance }}/runbook'
+RUNBOOK_FILE=$STATE_DIR/runbook-url
+RUNBOOK_URL=""
+# shellcheck disable=SC2016 # a regex
+URL_RE='^https?://[A-Za-z0-9._~:/?@!$()*+,;=%-]+$'
 
 usage() {
     cat <<EOF
-Usage: $PROG [--bundle DIR] [--dry-run] [--no-start] [--verify]
+Usage: $PROG [--bundle DIR] [--dry-run] [--no-start] [--verify] [--runbook-url URL]
        $PROG --uninstall [--purge] [--dry-run]
 
   --bundle DIR   the bundle made by make-bundle.sh (default: the directory of this script)
@@ -42,6 +51,10 @@ Usage: $PROG [--bundle DIR] [--dry-run] [--no-start] [--verify]
   --no-start     install and enable, but do not start services (GGUF models are then skipped:
                  creating them needs the running server)
   --verify       only verify the bundle against SHA256SUMS
+  --runbook-url URL
+                 base of every alert's runbook link in the installed prometheus/alerts.yml
+                 (URL#alertname), e.g. an https exporter or a wiki page; remembered for later
+                 runs. Default: the exporter of the instance that fired, http://INSTANCE/runbook
   --uninstall    stop, disable and remove what this installer installed; keeps models, users,
                  $ETC_DIR and edited files
   --purge        with --uninstall: also remove models ($OLLAMA_HOME), users, configuration
@@ -487,15 +500,46 @@ install_assets() {
             install -m 0640 -o root -g ollama-watchdog "$assets/config.example.toml" "$CONFIG"
         WATCHDOG_CHANGED=1
     fi
-    for f in grafana prometheus; do
+    for f in grafana prometheus alertmanager docs; do
         [ -d "$assets/$f" ] || continue
         if [ ! -d "$SHARE_DIR" ]; then
             change "create $SHARE_DIR" install -d -m 0755 "$SHARE_DIR"
         fi
-        put_tree "$assets/$f" "$SHARE_DIR/$f" || true
+        if [ "$f" = prometheus ]; then
+            put_rules "$assets/$f" "$SHARE_DIR/$f" || true
+        else
+            put_tree "$assets/$f" "$SHARE_DIR/$f" || true
+        fi
     done
     # Keep the installer itself, so --uninstall works once the bundle is gone.
     put_file "$BUNDLE/install.sh" "$SHARE_DIR/install.sh" 0755 || true
+}
+
+# The rules with their runbook links pointed at the chosen base (--runbook-url, else the one
+# remembered from an earlier run, else the default): staged, then installed as a tree, so a
+# second run with the same base changes nothing.
+put_rules() {
+    local src=$1 dst=$2 stage base=$DEFAULT_RUNBOOK_BASE rc=0
+    if [ -n "$RUNBOOK_URL" ]; then
+        base=$RUNBOOK_URL
+    elif [ -f "$RUNBOOK_FILE" ]; then
+        base=$(cat "$RUNBOOK_FILE")
+    fi
+    stage=$(mktemp -d)
+    cp -R "$src" "$stage/rules"
+    if [ "$base" != "$DEFAULT_RUNBOOK_BASE" ]; then
+        # validated in main(): no | & \ or spaces, so it is safe in the replacement
+        sed -i "s|runbook_url: \"http://{{ \$labels.instance }}/runbook#|runbook_url: \"$base#|" \
+            "$stage/rules/alerts.yml"
+    fi
+    log "ok: runbook links in $dst/alerts.yml: $base#<alertname>"
+    put_tree "$stage/rules" "$dst" || rc=$?
+    rm -rf "$stage"
+    if [ -n "$RUNBOOK_URL" ] && [ "$DRY_RUN" = 0 ]; then
+        install -d -m 0755 "$STATE_DIR"
+        printf '%s\n' "$RUNBOOK_URL" >"$RUNBOOK_FILE"
+    fi
+    return "$rc"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -778,6 +822,15 @@ main() {
             --dry-run) DRY_RUN=1; shift ;;
             --no-start) NO_START=1; shift ;;
             --verify) mode=verify; shift ;;
+            --runbook-url)
+                [ "$#" -ge 2 ] || { usage >&2; exit 2; }
+                RUNBOOK_URL=${2%/}
+                shift 2
+                [[ "$RUNBOOK_URL" =~ $URL_RE ]] || {
+                    printf '%s: --runbook-url must be an http:// or https:// URL without spaces, quotes, "|", "&" or "#" (got %s)\n' "$PROG" "$RUNBOOK_URL" >&2
+                    exit 2
+                }
+                ;;
             --uninstall) mode=uninstall; shift ;;
             --purge) PURGE=1; shift ;;
             -h | --help) usage; exit 0 ;;

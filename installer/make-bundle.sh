@@ -4,7 +4,8 @@
 # Gathers everything an air-gapped host needs into one directory (optionally one tarball):
 # the Ollama release archive, a wheelhouse of ollama-watchdog and all its dependencies for the
 # target Python and platform, our systemd units, polkit rule, logrotate config, dashboards and
-# rules, optional models, and installer/install.sh. A SHA256SUMS manifest covers every file and
+# rules, the Alertmanager example, the docs (the runbook), optional models, and
+# installer/install.sh. A SHA256SUMS manifest covers every file and
 # bundle.json describes the contents. install.sh refuses the bundle if any file differs.
 #
 # Run `make-bundle.sh --help` for the options. Needs: bash, curl (for downloads), python3 with
@@ -322,7 +323,7 @@ log "wheelhouse: $(find "$OUTPUT/wheelhouse" -name '*.whl' | wc -l) wheels"
 
 # --- Assets ----------------------------------------------------------------------------------
 # Copied as they are in the repository; install.sh knows where each goes.
-for asset in systemd logrotate grafana prometheus; do
+for asset in systemd logrotate grafana prometheus alertmanager docs; do
     if [ -d "$SOURCE/$asset" ]; then
         cp -R "$SOURCE/$asset" "$OUTPUT/assets/$asset"
     else
@@ -330,7 +331,8 @@ for asset in systemd logrotate grafana prometheus; do
     fi
 done
 [ -f "$SOURCE/config.example.toml" ] && cp "$SOURCE/config.example.toml" "$OUTPUT/assets/"
-for required in systemd/ollama.service systemd/ollama-watchdog.service config.example.toml; do
+for required in systemd/ollama.service systemd/ollama-watchdog.service config.example.toml \
+    docs/operations.md; do
     [ -f "$OUTPUT/assets/$required" ] || die "$SOURCE/$required is missing: cannot build a bundle"
 done
 cp "$SCRIPT_DIR/install.sh" "$OUTPUT/install.sh"

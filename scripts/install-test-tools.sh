@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(
   prometheus        # prometheus + promtool: rules, live scrapes
+  prometheus-alertmanager # alertmanager + amtool: the paging chain, inhibitions
   logrotate         # rotation of followed log files
   nginx-light       # the load-balancer example
   debootstrap       # rootfs for the system tests
@@ -29,8 +30,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The Debian prometheus package starts a server on :9090 through its postinst (where systemd
-# runs); the tests start their own on free ports and need none.
+# The Debian prometheus and prometheus-alertmanager packages start servers on :9090/:9093
+# through their postinst (where systemd runs); the tests start their own on free ports.
 
 # A real llama-server (CPU) for the real-runner tests: built once into the user's cache (about
 # 6 min on 2 cores), a no-op when cached. Tests take $LLAMA_SERVER when set (then nothing is

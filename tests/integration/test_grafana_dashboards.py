@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 import yaml
 from support.daemon import DaemonProcess, quick_config
+from support.prometheus import PrometheusProcess
 from support.sim import SimulatorProcess
-from support.tools import free_port, require_tool
-from support.wait import wait_until
-
-from ollama_watchdog.procgroup import stop_process_group
+from support.tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +32,15 @@ DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
 RULE_FILES = [REPO / "prometheus" / "alerts.yml", REPO / "prometheus" / "recordings.yml"]
 GPU_SOURCE = REPO / "src" / "ollama_watchdog" / "collectors" / "gpu.py"
 JOB = "ollama-watchdog"
-WAIT = 90.0  # generous: a deadline for waiting, never an assertion on speed
 
 # Panels that must show data with the demo's traffic (GPU panels cannot: no GPU here).
 MUST_HAVE_DATA = {
+    "Ollama up",
+    "Ready",
+    "Watchdog state",
+    "Inference error ratio",
+    "Inference error ratio by host",
+    "Loaded models",
     "Up / down",
     "Request rate by route",
     "Request latency p50 / p95 / p99 by route",
@@ -56,66 +57,6 @@ class Stack:
     prometheus: str
     instance: str
     exposition: str
-
-
-class PrometheusProcess:
-    """A real prometheus with a temp storage dir, in its own process group."""
-
-    def __init__(self, tmp: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "prometheus.log"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in RULE_FILES],
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
-        }
-        self.config = tmp / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump(config))
-        self.storage = tmp / "tsdb"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = require_tool("prometheus")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={self.config}",
-                    f"--storage.tsdb.path={self.storage}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.wait(lambda: requests.get(f"{self.url}/-/ready", timeout=2).ok, "ready")
-
-    def wait(self, condition: Any, what: str) -> None:
-        """Wait for ``condition`` (an unreachable prometheus is "not yet"); fail with its log."""
-
-        def check() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "prometheus exited"
-            try:
-                return bool(condition())
-            except requests.RequestException:
-                return False
-
-        try:
-            wait_until(check, f"prometheus {what}", timeout=WAIT, interval=0.5)
-        except AssertionError as err:
-            raise AssertionError(f"{err}\n{self.log.read_text()[-2000:]}") from None
-
-    def query(self, expr: str) -> dict[str, Any]:
-        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
-        body: dict[str, Any] = response.json()
-        return body
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        stop_process_group(self.proc, 15.0, reap_timeout=5.0)
 
 
 def generation_model(sim: SimulatorProcess) -> str:
@@ -155,7 +96,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         daemon = DaemonProcess(config, tmp).start()
         instance = str(config["exporter"]["listen"])
-        prometheus = PrometheusProcess(tmp, instance)
+        prometheus = PrometheusProcess(tmp, [instance], RULE_FILES, job=JOB)
         prometheus.start()
         query = prometheus.query
 
@@ -188,6 +129,7 @@ def concrete(expr: str, instance: str) -> str:
         ("$__rate_interval", "1m"),
         ("$__interval", "15s"),
         ("$__range", "1h"),
+        ("$job", JOB),
         # Grafana escapes regex metacharacters for a PromQL string: 127\\.0\\.0\\.1
         ("$instance", re.escape(instance).replace("\\", "\\\\")),
     ):

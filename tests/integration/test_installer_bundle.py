@@ -226,6 +226,39 @@ def test_dry_run_plans_the_install_and_changes_nothing(bundle: Path) -> None:
     assert "file-logging.conf" not in out
 
 
+def test_bundle_ships_the_docs_and_the_alertmanager_example(bundle: Path) -> None:
+    # the runbook for the unit's Documentation= and air-gapped responders
+    docs = bundle / "assets" / "docs" / "operations.md"
+    assert docs.read_text() == (REPO / "docs" / "operations.md").read_text()
+    example = bundle / "assets" / "alertmanager" / "alertmanager.yml"
+    assert example.read_text() == (REPO / "alertmanager" / "alertmanager.yml").read_text()
+    unit = (bundle / "assets" / "systemd" / "ollama-watchdog.service").read_text()
+    assert "Documentation=file:///usr/share/ollama-watchdog/docs/operations.md" in unit
+
+
+def test_dry_run_plans_the_docs_and_the_runbook_base(bundle: Path) -> None:
+    result = install_sh(bundle, "--dry-run", "--runbook-url", "https://wiki.example/ollama/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "would: install /usr/share/ollama-watchdog/docs/" in out, out
+    assert "would: install /usr/share/ollama-watchdog/alertmanager/" in out, out
+    # the trailing slash goes: the anchor follows the base directly
+    assert (
+        "ok: runbook links in /usr/share/ollama-watchdog/prometheus/alerts.yml: "
+        "https://wiki.example/ollama#<alertname>"
+    ) in out, out
+    default = install_sh(bundle, "--dry-run").stdout
+    assert "alerts.yml: http://{{ $labels.instance }}/runbook#<alertname>" in default
+
+
+def test_a_runbook_url_that_is_no_http_url_is_refused(bundle: Path) -> None:
+    for bad in ("ftp://wiki.example/x", "https://wiki.example/a b", "https://x/a|b", "wiki"):
+        result = install_sh(bundle, "--dry-run", "--runbook-url", bad)
+        assert result.returncode == 2, (bad, result.stdout)
+        assert "--runbook-url must be an http:// or https:// URL" in result.stderr
+        assert "would:" not in result.stdout
+
+
 def test_gguf_without_magic_is_refused_by_both_sides(
     bundle: Path, workdir: Path, inputs: Path
 ) -> None:

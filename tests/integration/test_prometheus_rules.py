@@ -2,9 +2,9 @@
 
 ``promtool check`` and ``promtool test rules`` do the real work (each alert is made to fire and
 shown quiet in prometheus/tests/*.yml). The checks here keep that honest: every alert has a
-firing and a quiet case, carries severity/summary/description/runbook_url, and its runbook
-section exists in docs/operations.md. Whether each metric name exists in the exporter's output
-is checked against a live exporter in test_grafana_dashboards.py.
+firing and a quiet case, carries severity/summary/description and an absolute runbook_url, and
+its runbook section exists in docs/operations.md. Whether each metric name exists in the
+exporter's output is checked against a live exporter in test_grafana_dashboards.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "prometheus"
 RULE_FILES = [PROM / "alerts.yml", PROM / "recordings.yml"]
 TEST_FILES = sorted((PROM / "tests").glob("*.yml"))
-SEVERITIES = {"critical", "warning"}
+# none: the heartbeat and the maintenance marker, routed to machines, never to a person
+SEVERITIES = {"critical", "warning", "none"}
+# The default runbook base: the exporter of the instance that fired (install.sh --runbook-url
+# replaces it with an operator's base in the installed copy).
+RUNBOOK_BASE = "http://{{ $labels.instance }}/runbook"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,17 +95,20 @@ def test_every_alert_is_actionable(alert: dict[str, Any]) -> None:
     assert alert["labels"]["severity"] in SEVERITIES
     annotations = alert["annotations"]
     assert annotations["summary"].strip() and annotations["description"].strip()
-    doc, _, anchor = annotations["runbook_url"].partition("#")
-    assert doc == "docs/operations.md"
+    base, _, anchor = annotations["runbook_url"].partition("#")
+    assert base == RUNBOOK_BASE, "runbook_url must be absolute, from the one base"
     assert anchor == alert["alert"].lower()
-    # GitHub's anchor for a "### OllamaDown" heading is "ollamadown".
-    headings = re.findall(r"^#{2,4} (\S+)\s*$", (REPO / doc).read_text(), flags=re.M)
+    # GitHub's anchor for a "### OllamaDown" heading is "ollamadown" (/runbook uses the same).
+    doc = REPO / "docs" / "operations.md"
+    headings = re.findall(r"^#{2,4} (\S+)\s*$", doc.read_text(), flags=re.M)
     assert alert["alert"] in headings, f"docs/operations.md has no runbook for {alert['alert']}"
 
 
 def test_recording_rules_follow_the_naming_convention() -> None:
-    # level:metric:operations, and every one of them is used by an alert, a dashboard or a test.
+    # level:metric:operations, and every one of them is used by an alert, a dashboard, a test
+    # or another recording (the SLIs build on each other).
     used = (PROM / "alerts.yml").read_text() + "".join(p.read_text() for p in TEST_FILES)
+    used += "".join(rule["expr"] for rule in rules(PROM / "recordings.yml"))
     used += "".join(p.read_text() for p in (REPO / "grafana" / "dashboards").glob("*.json"))
     for rule in rules(PROM / "recordings.yml"):
         assert re.fullmatch(r"ollama:[a-z0-9_]+:[a-z0-9_]+", rule["record"]), rule["record"]

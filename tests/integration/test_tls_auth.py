@@ -132,6 +132,19 @@ def test_curl_with_a_wrong_or_no_password_gets_401(
     assert 'www-authenticate: basic realm="ollama-watchdog"' in proc.stdout.lower()
 
 
+def test_the_runbook_is_behind_the_same_gate(
+    tls_auth_daemon: DaemonProcess, certs: Certs
+) -> None:
+    # /runbook follows the exporter's auth rules like every other path
+    url = tls_auth_daemon.url + "/runbook"
+    code, status, body = curl("--cacert", str(certs.ca), url)
+    assert (code, status) == (0, "401")
+    assert "OllamaDown" not in body
+    code, status, body = curl("--cacert", str(certs.ca), "-u", f"prometheus:{PASSWORD}", url)
+    assert (code, status) == (0, "200")
+    assert '<h3 id="ollamadown">OllamaDown</h3>' in body
+
+
 def test_curl_refuses_the_certificate_without_the_ca(tls_auth_daemon: DaemonProcess) -> None:
     code, status, _ = curl("-u", f"prometheus:{PASSWORD}", tls_auth_daemon.url + "/metrics")
     assert code == 60  # CURLE_PEER_FAILED_VERIFICATION: the server is not in the system store

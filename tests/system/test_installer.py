@@ -243,6 +243,35 @@ def test_an_edited_config_is_never_overwritten(container: Container) -> None:
     assert sh(container, "cat", config)[1] == edited
 
 
+def test_the_units_documentation_exists_and_the_runbook_is_served(container: Container) -> None:
+    for unit in ("ollama-watchdog.service", "ollama-watchdog@1.service"):
+        documentation = container.unit_property(unit, "Documentation").split()
+        assert documentation, unit
+        for url in documentation:
+            assert url.startswith("file://"), url
+            assert exists(container, url.removeprefix("file://")), (unit, url)
+    assert exists(container, "/usr/share/ollama-watchdog/alertmanager/alertmanager.yml")
+    status, body = container.http("GET", "http://127.0.0.1:9778/runbook")
+    assert status == 200
+    assert '<h3 id="ollamadown">OllamaDown</h3>' in body
+
+
+def test_the_runbook_base_is_set_once_and_kept(container: Container) -> None:
+    rules_file = "/usr/share/ollama-watchdog/prometheus/alerts.yml"
+    assert 'runbook_url: "http://{{ $labels.instance }}/runbook#ollamadown"' in sh(
+        container, "cat", rules_file
+    )[1]
+    rc, out = install(container, "--runbook-url", "https://wiki.example/ollama")
+    assert rc == 0, out
+    rules = sh(container, "cat", rules_file)[1]
+    assert 'runbook_url: "https://wiki.example/ollama#ollamadown"' in rules
+    assert "/runbook#ollama" not in rules
+    # remembered: a later run without the option keeps the base and changes nothing
+    rc, out = install(container)
+    assert rc == 0, out
+    assert "done: 0 changes" in out, out
+
+
 def test_uninstall_keeps_models_and_purge_removes_everything(container: Container) -> None:
     # The bundle is not needed any more: the installer keeps a copy of itself.
     rc, out = sh(container, "/usr/share/ollama-watchdog/install.sh", "--uninstall", timeout=300)

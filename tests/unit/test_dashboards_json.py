@@ -69,6 +69,9 @@ def test_variables_and_queries_are_wired(path: Path) -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["instance"]["type"] == "query"
+    # no hard-coded job: the scrape job is a variable too
+    assert variables["job"]["type"] == "query"
+    assert "$job" in variables["instance"]["definition"]
     for panel in all_panels(board):
         if panel["type"] == "row":
             continue
@@ -79,8 +82,11 @@ def test_variables_and_queries_are_wired(path: Path) -> None:
         assert len({t["refId"] for t in targets}) == len(targets), panel["title"]
         for target in targets:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-            # Every query follows the instance picker, so the host dashboard shows one host.
+            # Every query follows the instance picker, so the host dashboard shows one host,
+            # and the job picker: no job name is written into a query.
             assert '$instance"' in target["expr"], f"{panel['title']}: {target['expr']}"
+            assert 'job=~"$job"' in target["expr"], f"{panel['title']}: {target['expr']}"
+            assert 'job="' not in target["expr"], f"{panel['title']}: {target['expr']}"
 
 
 def test_overview_has_what_on_call_needs() -> None:
@@ -91,7 +97,9 @@ def test_overview_has_what_on_call_needs() -> None:
         "ollama_model_memory_bytes", "ollama_gpu_utilization_ratio", "ollama_gpu_memory_used_bytes",
         "ollama_gpu_temperature_celsius", "ollama_host_memory_available_bytes",
         "ollama_runner_errors_total", "ollama_log_generated_tokens_total",
-        "ollama_log_generation_seconds_total",
+        "ollama_log_generation_seconds_total", "ollama:inference_requests_errors:ratio_rate5m",
+        "ollama:log_prefill_seconds:p95_rate5m", "ollama:availability_errors:ratio_rate",
+        "ollama:prefill_slow", "ollama_probe_generate_ttft_seconds",
     ):  # fmt: skip
         assert needed in exprs, needed
     restart_annotations = [
@@ -111,3 +119,75 @@ def test_provisioning_files_point_at_the_dashboards() -> None:
     datasources = yaml.safe_load((prov / "datasources" / "ollama-prometheus.yaml").read_text())
     assert datasources["apiVersion"] == 1
     assert [d["type"] for d in datasources["datasources"]] == ["prometheus"]
+
+
+# The healing side's states (exactly one is 1 in ollama_watchdog_state{state}).
+STATES = {
+    "healthy", "degraded", "busy", "remediating", "restarting", "backoff", "gave_up", "disabled",
+    "maintenance", "draining", "deferred",
+}  # fmt: skip
+TOP_ROW = [
+    "Ollama up", "Ready", "Inference error ratio", "TTFT p95 (prefill)", "Restarts in 24h",
+    "Watchdog state",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_the_top_row_is_what_on_call_reads_first_as_instant_values(path: Path) -> None:
+    board = load(path)
+    top = [p for p in board["panels"] if p["gridPos"]["y"] == 0]
+    top.sort(key=lambda p: p["gridPos"]["x"])
+    assert [p["title"] for p in top] == TOP_ROW
+    for panel in all_panels(board):
+        if panel["type"] == "stat" or panel["type"] == "table":
+            # a range query with "last non-null" shows a stopped watchdog as UP, and every
+            # state of the last hours at once
+            for target in panel["targets"]:
+                instant = (target.get("instant"), target.get("range"))
+                assert instant == (True, False), panel["title"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_watchdog_state_has_its_own_text_and_colour(path: Path) -> None:
+    (panel,) = [p for p in load(path)["panels"] if p["title"] == "Watchdog state"]
+    expr = panel["targets"][0]["expr"]
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    by_code = mapping["options"]
+    assert {m["text"] for m in by_code.values()} == STATES
+    for code, m in by_code.items():
+        assert f'state="{m["text"]}"}} == 1) * {code}' in expr, m["text"]
+    colour = {m["text"]: m["color"] for m in by_code.values()}
+    assert (colour["healthy"], colour["gave_up"]) == ("green", "red")
+    assert len({m["color"] for m in by_code.values()}) >= 5
+    # no value (watchdog not scraped) is red, not green
+    assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"][0]["color"] == "red"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_one_unit_per_axis(path: Path) -> None:
+    for panel in all_panels(load(path)):
+        if panel["type"] != "timeseries":
+            continue
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        for override in panel["fieldConfig"]["overrides"]:
+            props = {p["id"]: p["value"] for p in override["properties"]}
+            if "unit" in props:
+                # a second unit only on the second axis
+                assert props.get("custom.axisPlacement") == "right", panel["title"]
+
+
+def test_slo_panels_draw_their_thresholds_and_an_empty_budget_is_red() -> None:
+    board = load(REPO / "grafana" / "dashboards" / "ollama-overview.json")
+    panels = {p["title"]: p for p in all_panels(board)}
+    for title in ("Availability budget left", "Latency budget left"):
+        steps = panels[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[0]["color"] == "red" and steps[1] == {"color": "orange", "value": 0}
+    for title, line in (
+        ("Availability burn rate", 14.4), ("Latency burn rate", 14.4),
+        ("Inference error ratio by host", 0.05),
+        ("Prefill (time to first token) p50 / p95 by host", 10),
+    ):  # fmt: skip
+        defaults = panels[title]["fieldConfig"]["defaults"]
+        assert defaults["custom"]["thresholdsStyle"]["mode"] in {"line", "dashed"}, title
+        assert line in [s["value"] for s in defaults["thresholds"]["steps"]], title
+    assert "ollama:gpu_energy_joules_per_generated_token:rate5m" in json.dumps(board)

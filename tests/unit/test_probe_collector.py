@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from support.registry import registry_of
 from support.sim import SimulatorProcess
 from support.tools import free_port
+from support.wait import wait_until
 
 from ollama_watchdog.collectors.probe import PROMPT, DeepProbeCollector
 from ollama_watchdog.ollama.api import OllamaClient
@@ -138,3 +140,45 @@ def test_probing_a_model_kept_forever_keeps_it_forever(client: OllamaClient) -> 
     client.generate(model, "warm up", num_predict=1, keep_alive="-1m", timeout=30)
     DeepProbeCollector(client, model, 30).collect()
     assert expires_at(client, model) > time.time() + 100 * 365 * 86400
+
+
+def logged_generate_codes(sim: SimulatorProcess) -> list[str]:
+    """Status codes of the POST /api/generate lines in the simulator's gin request log."""
+    return re.findall(r'\| (\d{3}) \|[^\n]*POST\s+"/api/generate"', sim.log_text())
+
+
+def sent(registry: CollectorRegistry) -> dict[str, float]:
+    """ollama_watchdog_probe_requests_total of /api/generate, by code."""
+    return {
+        s.labels["code"]: s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "ollama_watchdog_probe_requests_total" and s.labels["route"] == "/api/generate"
+    }
+
+
+def test_the_probe_counts_its_requests_as_the_request_log_does(
+    client: OllamaClient, sim: SimulatorProcess
+) -> None:
+    # The inference SLIs subtract these counts from ollama_http_requests_total: they must
+    # match what Ollama logs, code by code (a good probe, a crashed runner, an unknown model).
+    good = DeepProbeCollector(client, first_model(client), 30)
+    good.collect()
+    sim.set_fault("runner_crash")
+    first = registry_of(good.collect())
+    sim.clear_fault()
+    second = registry_of(DeepProbeCollector(client, "no-such-model:latest", 30).collect())
+    wait_until(lambda: len(logged_generate_codes(sim)) == 3, "3 generate lines in the log")
+    logged = logged_generate_codes(sim)
+    assert sent(first) == {code: float(logged[:2].count(code)) for code in logged[:2]}
+    assert sent(second) == {logged[2]: 1.0} == {"404": 1.0}
+
+
+def test_a_probe_that_got_no_answer_counts_as_none() -> None:
+    client = OllamaClient(f"http://127.0.0.1:{free_port()}", timeout=2)
+    try:
+        registry = registry_of(DeepProbeCollector(client, "llama3.2", 5).collect())
+    finally:
+        client.close()
+    labels = {"route": "/api/generate", "code": "none"}
+    assert registry.get_sample_value("ollama_watchdog_probe_requests_total", labels) == 1.0

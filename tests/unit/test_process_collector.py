@@ -408,9 +408,12 @@ def test_models_dir_size_is_cached_until_the_directory_changes(
     now[0] += 301.0
     assert value(registry_of(c), "ollama_models_dir_size_bytes") == 1602
 
-    free = value(registry_of(c), "ollama_models_dir_free_bytes")
+    reg = registry_of(c)
+    free = value(reg, "ollama_models_dir_free_bytes")
     st = os.statvfs(models_dir)
     assert free is not None and 0 < free <= st.f_blocks * st.f_frsize
+    # the file system's size, for the "percent free" alerts
+    assert value(reg, "ollama_models_dir_filesystem_size_bytes") == st.f_blocks * st.f_frsize
 
 
 def test_symlinks_in_models_dir_are_not_followed(standins: StandIns, models_dir: Path) -> None:
@@ -430,6 +433,7 @@ def test_missing_models_dir_is_reported_once_and_not_an_error(
         c.collect()
     assert value(reg, "ollama_models_dir_free_bytes") is None
     assert value(reg, "ollama_models_dir_size_bytes") is None
+    assert value(reg, "ollama_models_dir_filesystem_size_bytes") is None
     assert value(reg, "ollama_host_memory_total_bytes") is not None
     assert [e["event"] for e in logs].count("models_dir_unreadable") == 1
 

@@ -12,6 +12,12 @@ is Ollama's own error message (bounded by ``OllamaClient``).
 that loads a cold model uses a short one, so probing never pins memory; if the model is already
 loaded, the probe passes the time that model had left, so it neither evicts a model early nor
 keeps it longer than the users' own requests asked for.
+
+The probe's own requests are counted (``ollama_watchdog_probe_requests_total{route,code}``): a
+deep probe is a real ``POST /api/generate`` and lands in Ollama's request log like a user's, so
+the inference SLIs in prometheus/recordings.yml subtract these counts to keep the watchdog's
+traffic out of what users get. ``code`` is the HTTP status the probe received, or ``none`` when
+no answer came (refused, or a timeout before the response headers).
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ COLD_KEEP_ALIVE = "30s"
 _FOREVER = 10 * 365 * 86400.0
 
 PROBE = "generate"
+#: the route a deep probe requests, as the request log's ``route`` label spells it
+PROBE_ROUTE = "/api/generate"
+#: ``code`` label of a probe request that got no HTTP answer
+NO_ANSWER = "none"
 
 log = structlog.get_logger()
 
@@ -81,6 +91,8 @@ class DeepProbeResult:
     #: wall-clock time of the end of the probe (unix seconds)
     at: float
     result: GenerateResult | None = None
+    #: HTTP status received (``"200"``), or ``"none"``: what the request log may count
+    code: str = NO_ANSWER
 
 
 def keep_alive_for(client: OllamaClient, model: str, now: Callable[[], float] = time.time) -> str:
@@ -110,8 +122,12 @@ def run_deep_probe(client: OllamaClient, model: str, timeout: float) -> DeepProb
             model, PROMPT, num_predict=NUM_PREDICT, keep_alive=keep_alive, timeout=timeout
         )
     except ProbeError as exc:
-        return DeepProbeResult(False, exc.reason, exc.detail, time.monotonic() - start, time.time())
-    return DeepProbeResult(True, None, "", time.monotonic() - start, time.time(), result)
+        # a failure after the response headers (timeout, error chunk) keeps their status
+        code = str(exc.status) if exc.status is not None else NO_ANSWER
+        return DeepProbeResult(
+            False, exc.reason, exc.detail, time.monotonic() - start, time.time(), None, code
+        )
+    return DeepProbeResult(True, None, "", time.monotonic() - start, time.time(), result, "200")
 
 
 class DeepProbeCollector:
@@ -134,6 +150,7 @@ class DeepProbeCollector:
         self._timeout = timeout
         self._emit = emit
         self._failures = dict.fromkeys(PROBE_REASONS, 0)
+        self._requests: dict[str, int] = {}
         self._last: DeepProbeResult | None = None
         self._lock = threading.Lock()
         # the model's capabilities are checked on first contact (Ollama may be down at start)
@@ -168,7 +185,9 @@ class DeepProbeCollector:
             self._last = outcome
             if outcome.reason is not None:
                 self._failures[outcome.reason] += 1
+            self._requests[outcome.code] = self._requests.get(outcome.code, 0) + 1
             failures = dict(self._failures)
+            requests = dict(self._requests)
         if outcome.reason == "local_error":
             log.warning("probe_local_error", probe=PROBE, error=outcome.error)
         if self._emit is not None:
@@ -181,11 +200,18 @@ class DeepProbeCollector:
                     model=self._model,
                 )
             )
-        return families(outcome, failures)
+        return families(outcome, failures, requests)
 
 
-def families(outcome: DeepProbeResult, failures: dict[ProbeReason, int]) -> list[Metric]:
-    """The probe's metric families from its last outcome and cumulative failure counts."""
+def families(
+    outcome: DeepProbeResult,
+    failures: dict[ProbeReason, int],
+    requests: dict[str, int] | None = None,
+) -> list[Metric]:
+    """The probe's metric families from its last outcome and cumulative counts.
+
+    ``requests``: probe requests sent so far by HTTP status (``none``: no answer).
+    """
     success = GaugeMetricFamily(
         "ollama_probe_success", "1 if the last probe succeeded.", labels=["probe"]
     )
@@ -203,7 +229,15 @@ def families(outcome: DeepProbeResult, failures: dict[ProbeReason, int]) -> list
     )
     for reason in PROBE_REASONS:
         failed.add_metric([PROBE, reason], float(failures[reason]))
-    fams: list[Metric] = [success, duration, failed]
+    sent = CounterMetricFamily(
+        "ollama_watchdog_probe_requests",
+        "Requests the deep probe sent to Ollama, by route and HTTP status (none: no answer); "
+        "subtracted from ollama_http_requests_total by the inference SLIs.",
+        labels=["route", "code"],
+    )
+    for code, n in sorted((requests or {}).items()):
+        sent.add_metric([PROBE_ROUTE, code], float(n))
+    fams: list[Metric] = [success, duration, failed, sent]
     result = outcome.result
     if result is None:
         # no figures from a failed probe: an old value would look like a live measurement
@@ -234,7 +268,9 @@ def families(outcome: DeepProbeResult, failures: dict[ProbeReason, int]) -> list
 
 __all__ = [
     "COLD_KEEP_ALIVE",
+    "NO_ANSWER",
     "NUM_PREDICT",
+    "PROBE_ROUTE",
     "PROMPT",
     "DeepProbeCollector",
     "DeepProbeResult",

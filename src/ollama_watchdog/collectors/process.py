@@ -53,6 +53,7 @@ HOST_MEM_TOTAL = "ollama_host_memory_total_bytes"
 HOST_MEM_AVAILABLE = "ollama_host_memory_available_bytes"
 MODELS_DIR_FREE = "ollama_models_dir_free_bytes"
 MODELS_DIR_SIZE = "ollama_models_dir_size_bytes"
+MODELS_FS_SIZE = "ollama_models_dir_filesystem_size_bytes"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class ProcessSnapshot:
     host_memory_available: int
     models_dir_free: int | None
     models_dir_size: int | None
+    #: size of the file system holding the models dir (for "percent free" alerts)
+    models_fs_size: int | None = None
 
     @property
     def pids(self) -> frozenset[int]:
@@ -314,6 +317,7 @@ class ProcessCollector:
 
         counted = [*runners, *([server] if server else [])]
         mem = psutil.virtual_memory()
+        free, fs_size = self._filesystem()
         return ProcessSnapshot(
             server=server,
             runners=tuple(sorted(runners, key=lambda r: r.pid)),
@@ -321,8 +325,9 @@ class ProcessCollector:
             cpu_seconds_total=self._cpu.update(counted),
             host_memory_total=int(mem.total),
             host_memory_available=int(mem.available),
-            models_dir_free=self._free_bytes(),
+            models_dir_free=free,
             models_dir_size=self._dir_size.size(),
+            models_fs_size=fs_size,
         )
 
     def _scan_cmdlines(self) -> Iterable[_Candidate]:
@@ -413,16 +418,18 @@ class ProcessCollector:
                 return main  # systemd knows best even when the argv does not look like Ollama
         return min(leaves, key=lambda s: (s.start_time, s.pid), default=None)
 
-    def _free_bytes(self) -> int | None:
+    def _filesystem(self) -> tuple[int | None, int | None]:
+        """(bytes free for Ollama, file system size) of the models dir, or Nones."""
         try:
             st = os.statvfs(self.models_dir)
         except OSError as exc:
             if not self._statvfs_logged:
                 self._statvfs_logged = True
                 log.warning("models_dir_unreadable", path=str(self.models_dir), error=str(exc))
-            return None
+            return None, None
         self._statvfs_logged = False
-        return st.f_bavail * st.f_frsize  # what an unprivileged writer (Ollama) can still use
+        # f_bavail: what an unprivileged writer (Ollama) can still use
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 def families(snap: ProcessSnapshot) -> list[Metric]:
@@ -480,6 +487,12 @@ def families(snap: ProcessSnapshot) -> list[Metric]:
         )
         free.add_metric([], float(snap.models_dir_free))
         out.append(free)
+    if snap.models_fs_size is not None:
+        fs_size = GaugeMetricFamily(
+            MODELS_FS_SIZE, "Size of the file system that holds the models directory"
+        )
+        fs_size.add_metric([], float(snap.models_fs_size))
+        out.append(fs_size)
     if snap.models_dir_size is not None:
         size = GaugeMetricFamily(
             MODELS_DIR_SIZE, "Apparent size of all files under the models directory (cached walk)"

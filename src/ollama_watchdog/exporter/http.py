@@ -1,4 +1,11 @@
-"""The exporter's HTTP side: /metrics, /healthz and a landing page, with optional TLS + basic auth.
+"""The exporter's HTTP side: /metrics, /healthz, /runbook and a landing page, with optional TLS +
+basic auth.
+
+Every path is behind the same gate: with basic auth configured, /runbook needs it too. One rule
+for the whole listener is simpler to audit than exceptions, and a runbook served without auth
+from a host that requires it would be the one path a scanner could reach. Responders who do
+not hold the exporter's credentials get their links from a base they can open instead
+(install.sh --runbook-url; see docs/operations.md, "Runbook links").
 
 A scrape never measures anything. Collectors publish complete metric families into a
 ``SnapshotBoard`` when their run finishes (a dict swapped atomically); ``/metrics`` renders the
@@ -33,6 +40,7 @@ from prometheus_client.samples import Sample
 
 from ollama_watchdog import __version__
 from ollama_watchdog.config import parse_listen
+from ollama_watchdog.exporter import runbook
 from ollama_watchdog.oneline import valid_text
 
 #: a label value longer than this (from any collector) is cut
@@ -184,6 +192,7 @@ _LANDING = """<!DOCTYPE html>
 <ul>
 <li><a href="{prefix}metrics">Metrics</a></li>
 <li><a href="{prefix}healthz">Health</a></li>
+<li><a href="{prefix}runbook">Runbook</a> (operations guide and alerts)</li>
 </ul>
 </body></html>
 """
@@ -312,6 +321,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/":
             body = _LANDING.format(version=__version__, prefix="/").encode()
             self._send(HTTPStatus.OK, body, "text/html; charset=utf-8")
+        elif path == "/runbook":
+            page = runbook.page()
+            if page is None:
+                self._send(
+                    HTTPStatus.NOT_FOUND,
+                    b"runbook not installed: this ollama-watchdog package has no "
+                    b"ollama_watchdog/docs/operations.md; reinstall it from a wheel\n",
+                    "text/plain; charset=utf-8",
+                )
+            else:
+                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
         else:
             self._send(HTTPStatus.NOT_FOUND, b"404 page not found\n", "text/plain; charset=utf-8")
 

@@ -388,10 +388,16 @@ class OllamaClient:
                 detail = _error_detail(resp)
                 raise ProbeError("http_error", f"HTTP {resp.status}{detail}", resp.status)
             yield resp, deadline
-        except ProbeError:
+        except ProbeError as exc:
+            # a failure after the answer began keeps the status the server sent (and logs)
+            if exc.status is None and resp is not None:
+                exc.status = resp.status
             raise
         except Exception as exc:  # classified here, at the boundary, or re-raised as it was
-            raise _classify(exc, budget, conn.connected, answered) from None
+            error = _classify(exc, budget, conn.connected, answered)
+            if error.status is None and resp is not None:
+                error.status = resp.status
+            raise error from None
         finally:
             if resp is not None:
                 resp.close()
@@ -482,7 +488,9 @@ class OllamaClient:
                     final = chunk
                     break
         if final is None:
-            raise ProbeError("bad_response", "/api/generate: stream ended without done:true")
+            raise ProbeError(
+                "bad_response", "/api/generate: stream ended without done:true", resp.status
+            )
         ns = 1e-9
         return GenerateResult(
             ttft_seconds=ttft,
