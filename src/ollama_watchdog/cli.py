@@ -16,12 +16,15 @@ from ollama_watchdog import __version__
 from ollama_watchdog.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def _add_config(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--config FILE``; ``nested`` for a sub-subcommand (``models verify --config F``), whose
+    default must not overwrite a ``--config`` given before the sub-subcommand."""
     p.add_argument(
         "--config",
         type=Path,
-        default=None,
-        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}; a missing file means defaults)",
+        default=argparse.SUPPRESS if nested else None,
+        help=f"TOML config file; it must exist (without --config: {DEFAULT_CONFIG_PATH}, "
+        "where a missing file means defaults)",
     )
 
 
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="verify, back up or restore Ollama's model store")
     _add_config(p)
-    models.add_arguments(p)
+    models.add_arguments(p, lambda sp: _add_config(sp, nested=True))
 
     p = sub.add_parser("simulate", help="run the Ollama simulator (a test double of Ollama)")
     simulator.add_arguments(p)
@@ -80,6 +83,12 @@ def _load(args: argparse.Namespace) -> Config:
     try:
         return load_config(args.config)
     except ConfigError as exc:
+        if args.command == "check":
+            # a monitoring plugin: the state line on stdout and exit 3, not a sysexits code
+            from ollama_watchdog.commands.check import config_error_line
+
+            print(config_error_line(exc), file=sys.stdout)
+            raise SystemExit(3) from None
         print(f"ollama-watchdog: config error: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
 
