@@ -239,7 +239,8 @@ def test_unreadable_config_names_the_user_owner_mode_and_fix(open_dir: Path) -> 
     line = _run_as_nobody(path)
     assert line.startswith(
         f"ollama-watchdog: config error: {path}: cannot read config: permission denied for "
-        f"user {user} (the file is {owner}:{group} mode {FILE_MODE:04o}): let {user} read it, e.g. chgrp "
+        f"user {user} (the file is {owner}:{group} mode {FILE_MODE:04o}): let {user} read it, "
+        "e.g. chgrp "
     ), line
     assert line.endswith(f" {path} && chmod 0640 {path}")
 
@@ -254,7 +255,8 @@ def test_config_in_an_unsearchable_directory_names_that_directory(open_dir: Path
     user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     assert _run_as_nobody(path) == (
         f"ollama-watchdog: config error: {path}: cannot read config: permission denied for user "
-        f"{user}: the directory {locked} ({_names(locked)} mode {DIR_MODE:04o}) is not searchable by it: "
+        f"{user}: the directory {locked} ({_names(locked)} mode {DIR_MODE:04o}) is not "
+        "searchable by it: "
         f"let {user} in (chmod o+x {locked}, or a group it is in), or keep the config elsewhere"
     )
 
