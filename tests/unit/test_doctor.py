@@ -19,6 +19,7 @@ from support.tools import free_port
 
 from ollama_watchdog.commands import doctor
 from ollama_watchdog.commands.doctor import Finding, Level, Listener
+from ollama_watchdog.exporter.scrape import Samples
 from ollama_watchdog.ollama import env as ollama_env
 from ollama_watchdog.ollama.api import LoadedModel
 from ollama_watchdog.store import ModelStore
@@ -221,8 +222,8 @@ def test_nothing_to_check_is_skipped_not_ok() -> None:
     assert doctor.judge_log_errors([], "").level is Level.SKIP
 
 
-def state_samples(state: str, **extra: float) -> doctor.Samples:
-    samples: doctor.Samples = {
+def state_samples(state: str, **extra: float) -> Samples:
+    samples: Samples = {
         ("ollama_watchdog_state", (("state", s),)): 1.0 if s == state else 0.0
         for s in ("healthy", "degraded", "restarting", "backoff", "gave_up", "disabled",
                   "maintenance")

@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import psutil
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_watchdog.config import parse_listen
+from ollama_watchdog.exporter.scrape import Samples, sample, scrape, total
 from ollama_watchdog.ollama import env as ollama_env
 from ollama_watchdog.ollama.api import LoadedModel, OllamaClient, ProbeError
 from ollama_watchdog.ollama.env import Verdict
@@ -643,9 +642,6 @@ _WATCHDOG_STATES: dict[str, tuple[Level, str, str]] = {
     ),
 }
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
 def exporter_url(listen: str) -> str:
     """The URL of the watchdog's own /metrics from ``[exporter] listen`` (any-address: loopback)."""
     host, port = parse_listen(listen)
@@ -656,38 +652,6 @@ def exporter_url(listen: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/metrics"
-
-
-def watchdog_metrics(url: str, timeout: float) -> tuple[Samples | None, str]:
-    """Every sample of the watchdog's /metrics, or None and why not (never raises)."""
-    try:
-        resp = requests.get(url, timeout=timeout, stream=True)
-        try:
-            body = resp.raw.read(16 * 1024 * 1024 + 1, decode_content=True)
-        finally:
-            resp.close()
-    except requests.exceptions.ConnectionError:
-        return None, "connection refused"
-    except requests.exceptions.Timeout:
-        return None, f"no answer within {timeout:g}s"
-    except (requests.exceptions.RequestException, OSError) as exc:
-        return None, one_line(str(exc), 120)
-    if resp.status_code != 200:
-        return None, f"HTTP {resp.status_code}"
-    if len(body) > 16 * 1024 * 1024:
-        return None, "body larger than 16 MiB"
-    samples: Samples = {}
-    try:
-        for family in text_string_to_metric_families(body.decode(errors="replace")):
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    except ValueError as exc:
-        return None, f"not Prometheus text: {one_line(str(exc), 80)}"
-    return samples, ""
-
-
-def _sample(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 def judge_watchdog(url: str, samples: Samples | None, why: str, now: float) -> list[Finding]:
@@ -714,15 +678,13 @@ def judge_watchdog(url: str, samples: Samples | None, why: str, now: float) -> l
     level, meaning, fix = _WATCHDOG_STATES.get(
         state, (Level.WARN, "a state this doctor does not know", "upgrade ollama-watchdog")
     )
-    restarts = sum(
-        v for (name, _), v in samples.items() if name == "ollama_watchdog_restarts_total"
-    )
+    restarts = total(samples, "ollama_watchdog_restarts_total")
     facts = f"{int(restarts)} restarts since it started"
-    until = _sample(samples, "ollama_watchdog_maintenance_until_timestamp_seconds")
+    until = sample(samples, "ollama_watchdog_maintenance_until_timestamp_seconds")
     if state == "maintenance" and until:
         facts += f"; the mark expires in {max(0, round((until - now) / 60))} min"
     out = [Finding("watchdog", level, f"state {state}: {meaning} ({facts})", fix)]
-    up = _sample(samples, "ollama_up")
+    up = sample(samples, "ollama_up")
     if up is None:
         out.append(Finding(
             "watchdog", Level.WARN, "the watchdog exports no ollama_up: its api collector fails",
@@ -734,7 +696,7 @@ def judge_watchdog(url: str, samples: Samples | None, why: str, now: float) -> l
             "see the api item; if doctor reaches Ollama but the watchdog does not, their "
             "[ollama] url differ: run doctor with the watchdog's --config",
         ))  # fmt: skip
-    if _sample(samples, "ollama_watchdog_dry_run") == 1:
+    if sample(samples, "ollama_watchdog_dry_run") == 1:
         out.append(Finding(
             "watchdog", Level.WARN, "--dry-run is on: decisions are logged, nothing is carried out",
             "remove --dry-run from the unit's ExecStart when the trial is over",
@@ -792,7 +754,7 @@ def check_watchdog(config: Config) -> list[Finding]:
             f"{url} is behind [exporter] web_config (TLS or basic auth): doctor holds no "
             "credentials; curl it with yours",
         )]  # fmt: skip
-    samples, why = watchdog_metrics(url, min(config.ollama.timeout, 5.0))
+    samples, why = scrape(url, min(config.ollama.timeout, 5.0))
     return judge_watchdog(url, samples, why, time.time())
 
 
