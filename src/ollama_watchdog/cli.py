@@ -62,20 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run the Ollama simulator (a test double of Ollama)")
     simulator.add_arguments(p)
 
-    p = sub.add_parser("demo", help="simulator + daemon together; shows a restart on a hang")
-    p.add_argument(
-        "--listen", default="127.0.0.1:9778", help="exporter address (default %(default)s)"
+    p = sub.add_parser(
+        "demo", help="simulator + daemon together; a live status line, --tour of four faults"
     )
-    p.add_argument(
-        "--ollama-listen",
-        default="127.0.0.1:11434",
-        help="simulator address (default %(default)s)",
-    )
-    p.add_argument(
-        "--control-listen",
-        default="127.0.0.1:11435",
-        help="simulator fault-control address (default %(default)s)",
-    )
+    from ollama_watchdog.commands import demo
+
+    demo.add_arguments(p)
     return parser
 
 
