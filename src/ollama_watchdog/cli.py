@@ -1,7 +1,8 @@
 """Command line: ``ollama-watchdog run|check|doctor|models|simulate|demo``.
 
 Configuration problems exit with 78 (EX_CONFIG) and one line on stderr that names the key and the
-fix, before anything is started.
+fix, before anything is started; ``check``, a monitoring plugin, prints them as its
+``OLLAMA UNKNOWN`` line and exits 3 instead.
 """
 
 from __future__ import annotations
