@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv tools clean bench
+.PHONY: demo test test-run test-tools lint venv tools clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,19 @@ tools:
 	scripts/install-test-tools.sh
 
 ## Every test: lint, types, unit, integration (real prometheus/promtool/logrotate/nginx) and
-## system tests (real systemd in systemd-nspawn; root). Missing tools skip locally, fail in CI.
+## system tests (real systemd in systemd-nspawn; root). It sets itself up first: as root on
+## Debian it installs the missing tools (the script .ci/run uses; a no-op in well under a second
+## when all are there, the llama-server build cached); as another user it names the packages to
+## install, then runs the tests, which skip what needs a missing tool and say why (under
+## CI=true a missing tool is an error). The venv comes after the tools: python3-venv is one.
 ## GPU tests (marker gpu) run on a machine with an NVIDIA GPU: see tests/gpu/README.md.
-test: $(STAMP)
+test: test-tools
+	@$(MAKE) --no-print-directory test-run
+
+test-tools:
+	@scripts/install-test-tools.sh --auto
+
+test-run: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy --strict src
 	$(PY) -m pytest -m "not gpu"

@@ -1,7 +1,8 @@
 """Command line: ``ollama-watchdog run|check|doctor|models|maintenance|simulate|demo``.
 
 Configuration problems exit with 78 (EX_CONFIG) and one line on stderr that names the key and the
-fix, before anything is started.
+fix, before anything is started; ``check``, a monitoring plugin, prints them as its
+``OLLAMA UNKNOWN`` line and exits 3 instead.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from ollama_watchdog import __version__
 from ollama_watchdog.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def _add_config(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--config FILE``; ``nested`` for a sub-subcommand (``models verify --config F``), whose
+    default must not overwrite a ``--config`` given before the sub-subcommand."""
     p.add_argument(
         "--config",
         type=Path,
-        default=None,
-        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}; a missing file means defaults)",
+        default=argparse.SUPPRESS if nested else None,
+        help=f"TOML config file; it must exist (without --config: {DEFAULT_CONFIG_PATH}, "
+        "where a missing file means defaults)",
     )
 
 
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="verify, back up or restore Ollama's model store")
     _add_config(p)
-    models.add_arguments(p)
+    models.add_arguments(p, lambda sp: _add_config(sp, nested=True))
 
     p = sub.add_parser(
         "maintenance", help="on [--for D] [--reason T] | off | status: hands off Ollama"
@@ -65,20 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run the Ollama simulator (a test double of Ollama)")
     simulator.add_arguments(p)
 
-    p = sub.add_parser("demo", help="simulator + daemon together; shows a restart on a hang")
-    p.add_argument(
-        "--listen", default="127.0.0.1:9778", help="exporter address (default %(default)s)"
+    p = sub.add_parser(
+        "demo", help="simulator + daemon together; a live status line, --tour of four faults"
     )
-    p.add_argument(
-        "--ollama-listen",
-        default="127.0.0.1:11434",
-        help="simulator address (default %(default)s)",
-    )
-    p.add_argument(
-        "--control-listen",
-        default="127.0.0.1:11435",
-        help="simulator fault-control address (default %(default)s)",
-    )
+    from ollama_watchdog.commands import demo
+
+    demo.add_arguments(p)
     return parser
 
 
@@ -86,6 +82,12 @@ def _load(args: argparse.Namespace) -> Config:
     try:
         return load_config(args.config)
     except ConfigError as exc:
+        if args.command == "check":
+            # a monitoring plugin: the state line on stdout and exit 3, not a sysexits code
+            from ollama_watchdog.commands.check import config_error_line
+
+            print(config_error_line(exc), file=sys.stdout)
+            raise SystemExit(3) from None
         print(f"ollama-watchdog: config error: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
 

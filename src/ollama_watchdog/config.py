@@ -1,20 +1,26 @@
 """Configuration: a TOML file plus ``OLLAMA_WATCHDOG_<SECTION>_<KEY>`` environment overrides.
 
-Every key is optional; a missing file means all defaults. Anything wrong — an unknown section or
-key, a value of the wrong type, a duration that does not parse — raises ``ConfigError`` whose
-message is one line naming the key, the bad value and what is accepted. The CLI turns that into
-exit code 78 (EX_CONFIG) before anything is started, so systemd's ``RestartPreventExitStatus=78``
-stops a restart loop on a broken config.
+Every key is optional. The default file missing means all defaults; a file named explicitly
+(``--config FILE``, as every shipped unit does) that is missing is an error, so
+``ollama-watchdog@1`` never watches the wrong instance on defaults. Anything wrong — an unknown
+section or key, a value of the wrong type (``"3"`` for an integer, ``"false"`` for a boolean, a
+bare number for a duration), an unreadable file — raises ``ConfigError`` whose message is one
+line naming the key, the bad value and the fix. The CLI turns that into exit code 78
+(EX_CONFIG) before anything is started, so systemd's ``RestartPreventExitStatus=78`` stops a
+restart loop on a broken config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import grp
 import json
 import os
+import pwd
 import re
 import shlex
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -404,7 +410,63 @@ def _show(raw: object) -> str:
     return json.dumps(raw, default=str)
 
 
-def _parse_value(section: str, key: str, raw: object, origin: str) -> Any:
+def _default_of(section: str, key: str) -> object:
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == key:
+            return f.default
+    return dataclasses.MISSING
+
+
+def _toml_type_error(section: str, key: str, raw: object) -> str | None:
+    """The fix when a TOML value has the wrong type, judged by the key's default's type.
+
+    The environment gives every value as a string, so ``"3"`` and ``"true"`` are fine there; in
+    a TOML file, ``failure_threshold = "3"`` or ``enabled = "false"`` is a quoting mistake
+    (and ``enabled = "false"`` read as truthy is how a watchdog restarts what it should not).
+    """
+    default = _default_of(section, key)
+    shown = f"{section}.{key} = {_show(raw)}"
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            word = str(raw).strip().lower()
+            if word in {"false", "0", "no", "off"}:
+                return f"{shown} is not a boolean: write {key} = false (no quotes)"
+            if word in {"true", "1", "yes", "on"}:
+                return f"{shown} is not a boolean: write {key} = true (no quotes)"
+            return f"{shown} is not a boolean: write {key} = true or {key} = false (no quotes)"
+    elif isinstance(default, int):
+        if isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
+            return f"{shown} is a string: write {key} = {raw.strip()} (an integer, no quotes)"
+        if isinstance(raw, float) and raw.is_integer():
+            return f"{shown} is not an integer: write {key} = {int(raw)}"
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            return (
+                f"{shown} is not an integer: write a whole number without quotes, "
+                f"like {key} = {default}"
+            )
+    elif _PARSERS[(section, key)] in (_positive_duration, _duration_or_zero):
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return (
+                f'{shown} is a bare number: write {key} = "{raw:g}s" (a duration in quotes '
+                f"with its unit: {_DURATION_HELP.removeprefix('a duration like ')})"
+            )
+    elif (
+        isinstance(default, (str, Path))
+        and not isinstance(default, enum.Enum)
+        and not isinstance(raw, str)
+    ):
+        # enum keys (logs.source, gpu.enabled) parse their own types
+        return f'{shown} is not a string: write it in quotes, like {key} = "{default}"'
+    return None
+
+
+def _parse_value(
+    section: str, key: str, raw: object, origin: str, *, from_toml: bool = False
+) -> Any:
+    if from_toml:
+        fix = _toml_type_error(section, key, raw)
+        if fix is not None:
+            raise ConfigError(f"{origin}: {fix}")
     try:
         return _PARSERS[(section, key)](raw)
     except (ValueError, json.JSONDecodeError) as exc:
@@ -414,14 +476,74 @@ def _parse_value(section: str, key: str, raw: object, origin: str) -> Any:
         ) from None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def unreadable_message(path: Path) -> str:
+    """Who cannot read ``path``, who owns it, its mode, and the fix (one line)."""
+    user = _user_name(os.geteuid())
+    try:
+        st = path.stat()
+    except OSError:
+        blocked = next(
+            (
+                d
+                for d in reversed(path.absolute().parents)
+                if not os.access(d, os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+            ),
+            path.parent,
+        )
+        try:
+            dst = blocked.stat()
+            who = f"{_user_name(dst.st_uid)}:{_group_name(dst.st_gid)} mode "
+            who += f"{stat.S_IMODE(dst.st_mode):04o}"
+        except OSError:
+            who = "not readable"
+        return (
+            f"{path}: cannot read config: permission denied for user {user}: the directory "
+            f"{blocked} ({who}) is not searchable by it: let {user} in (chmod o+x {blocked}, or "
+            "a group it is in), or keep the config elsewhere"
+        )
+    owner, group = _user_name(st.st_uid), _group_name(st.st_gid)
+    mode = stat.S_IMODE(st.st_mode)
+    return (
+        f"{path}: cannot read config: permission denied for user {user} (the file is "
+        f"{owner}:{group} mode {mode:04o}): let {user} read it, e.g. "
+        f"chgrp {_group_name(os.getegid())} {path} && chmod 0640 {path}"
+    )
+
+
+def _read_file(path: Path, required: bool) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        return {}
+        if not required:
+            return {}
+        raise ConfigError(
+            f"{path}: config file not found: create it (the template is config.example.toml) "
+            f"or fix the path given to --config; without --config, {DEFAULT_CONFIG_PATH} is read "
+            "and its absence means defaults"
+        ) from None
+    except PermissionError:
+        raise ConfigError(unreadable_message(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory: name the TOML file inside it") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text; save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
 
@@ -448,10 +570,15 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read ``path`` (missing file = defaults), apply env overrides, validate everything."""
+    """Read ``path``, apply env overrides, validate everything.
+
+    ``path`` None reads :data:`DEFAULT_CONFIG_PATH`, whose absence means defaults; a ``path``
+    given (``--config FILE``) must exist.
+    """
+    required = path is not None
     path = DEFAULT_CONFIG_PATH if path is None else path
     environ = os.environ if env is None else env
-    data = _read_file(path)
+    data = _read_file(path, required)
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
 
     for section, body in data.items():
@@ -470,7 +597,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
                 raise ConfigError(
                     f"{path}: unknown key {section}.{key}: [{section}] accepts {known}"
                 )
-            values[section][key] = _parse_value(section, key, raw, str(path))
+            values[section][key] = _parse_value(section, key, raw, str(path), from_toml=True)
 
     for section, key, raw, var in _env_overrides(environ):
         value: object = raw
@@ -526,4 +653,5 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_listen",
+    "unreadable_message",
 ]

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.daemon import write_config
+from support.daemon import DaemonProcess, quick_config, write_config
 from support.facts import REAL_LOGS
 from support.sim import SimulatorProcess
 from support.tools import free_port
 
 from ollama_watchdog.commands import doctor
 from ollama_watchdog.commands.doctor import Finding, Level, Listener
+from ollama_watchdog.exporter.scrape import Samples
 from ollama_watchdog.ollama import env as ollama_env
+from ollama_watchdog.ollama.api import LoadedModel
 from ollama_watchdog.store import ModelStore
 
 SERVER_ARGV = ("/usr/local/bin/ollama", "serve")
@@ -215,6 +217,90 @@ def test_log_errors_show_the_last_ones() -> None:
     assert doctor.judge_log_errors(None, "[logs] source = none").level is Level.SKIP
 
 
+def test_nothing_to_check_is_skipped_not_ok() -> None:
+    assert doctor.judge_parameters({}, {})[0].level is Level.SKIP
+    assert doctor.judge_log_errors([], "").level is Level.SKIP
+
+
+def state_samples(state: str, **extra: float) -> Samples:
+    samples: Samples = {
+        ("ollama_watchdog_state", (("state", s),)): 1.0 if s == state else 0.0
+        for s in ("healthy", "degraded", "restarting", "backoff", "gave_up", "disabled",
+                  "maintenance")
+    }  # fmt: skip
+    samples[("ollama_up", ())] = extra.pop("up", 1.0)
+    samples[("ollama_watchdog_restarts_total", (("reason", "liveness"),))] = 2.0
+    for name, value in extra.items():
+        samples[(f"ollama_watchdog_{name}", ())] = value
+    return samples
+
+
+URL = "http://127.0.0.1:9778/metrics"
+
+
+def test_watchdog_states_judged() -> None:
+    [ok] = doctor.judge_watchdog(URL, state_samples("healthy"), "", 0)
+    assert (ok.level, ok.text) == (
+        Level.OK, "state healthy: Ollama passes its probes (2 restarts since it started)"
+    )
+    [gave_up] = doctor.judge_watchdog(URL, state_samples("gave_up"), "", 0)
+    assert gave_up.level is Level.FAIL and "no longer restarts Ollama" in gave_up.text
+    assert "systemctl restart ollama-watchdog" in gave_up.fix
+    [disabled] = doctor.judge_watchdog(URL, state_samples("disabled"), "", 0)
+    assert disabled.level is Level.WARN and "enabled = true" in disabled.fix
+    [maint] = doctor.judge_watchdog(
+        URL, state_samples("maintenance", maintenance_until_timestamp_seconds=1000 + 1800), "", 1000
+    )
+    assert maint.level is Level.WARN and "the mark expires in 30 min" in maint.text
+    assert "ollama-watchdog maintenance off" in maint.fix
+
+
+def test_watchdog_seeing_ollama_down_or_dry_run_is_flagged() -> None:
+    found = doctor.judge_watchdog(URL, state_samples("degraded", up=0.0, dry_run=1.0), "", 0)
+    assert levels(found) == [Level.WARN, Level.FAIL, Level.WARN]
+    assert found[1].text == "the watchdog sees Ollama down (ollama_up 0)"
+    assert "--dry-run is on" in found[2].text
+
+
+def test_watchdog_not_answering_or_not_a_watchdog() -> None:
+    [down] = doctor.judge_watchdog(URL, None, "connection refused", 0)
+    assert down.level is Level.FAIL
+    assert down.text == f"the watchdog does not answer at {URL}: connection refused"
+    [other] = doctor.judge_watchdog(URL, {("up", ()): 1.0}, "", 0)
+    assert other.level is Level.WARN and "no single ollama_watchdog_state" in other.text
+
+
+def test_exporter_url_from_listen() -> None:
+    assert doctor.exporter_url("127.0.0.1:9778") == "http://127.0.0.1:9778/metrics"
+    assert doctor.exporter_url(":9779") == "http://127.0.0.1:9779/metrics"
+    assert doctor.exporter_url("0.0.0.0:9778") == "http://127.0.0.1:9778/metrics"
+    assert doctor.exporter_url("[::]:9778") == "http://[::1]:9778/metrics"
+
+
+def loaded(name: str, size: int, vram: int) -> LoadedModel:
+    return LoadedModel(name, size, vram, "sha256:" + "0" * 64, None, 4096)
+
+
+def test_placement_gpu_partial_and_cpu_fallback() -> None:
+    gib = 1024**3
+    found = doctor.judge_placement(
+        [loaded("a:1b", 2 * gib, 2 * gib), loaded("b:8b", 10 * gib, 6 * gib),
+         loaded("c:3b", 3 * gib, 0)],
+        "", 2, "",
+    )  # fmt: skip
+    assert levels(found) == [Level.OK, Level.WARN, Level.FAIL]
+    assert found[0].text == "a:1b: all on GPU (2.0 GiB)"
+    assert found[1].text.startswith("b:8b: 60% on GPU, the rest on the CPU")
+    assert "although this host has 2 GPUs: silent CPU fallback" in found[2].text
+    assert "systemctl restart ollama" in found[2].fix
+    [cpu_host] = doctor.judge_placement([loaded("c:3b", 3 * gib, 0)], "", None, "no GPU seen")
+    assert cpu_host.level is Level.OK and cpu_host.text == "c:3b: on the CPU (3.0 GiB); no GPU seen"
+    assert levels(doctor.judge_placement([], "", 1, "")) == [Level.SKIP]
+    assert levels(doctor.judge_placement(None, "refused (connection refused)", 1, "")) == [
+        Level.SKIP
+    ]
+
+
 def test_render_and_exit_code() -> None:
     findings = [
         Finding("api", Level.OK, "fine"),
@@ -282,12 +368,17 @@ def live(tmp_path: Path) -> Iterator[tuple[SimulatorProcess, Path]]:
         yield sim, tmp_path
 
 
-def run_doctor(tmp_path: Path, sim: SimulatorProcess, *extra: str) -> tuple[int, str]:
+def run_doctor(
+    tmp_path: Path, sim: SimulatorProcess, *extra: str, exporter: str = ""
+) -> tuple[int, str]:
+    """doctor on the live setup; ``exporter``: the watchdog's listen address (default a free
+    port where nothing runs, so that no other process on this host is judged)."""
     config = write_config(
         tmp_path / "doctor.toml",
         {
             "ollama": {"url": sim.url, "timeout": "3s", "models_dir": str(tmp_path / "models"),
                        "unit": "ollama-test.service"},
+            "exporter": {"listen": exporter or f"127.0.0.1:{free_port()}"},
             "logs": {"source": "file", "path": str(sim.log_file)},
             "gpu": {"enabled": "false"},
         },
@@ -340,8 +431,11 @@ def test_doctor_on_a_live_server(live: tuple[SimulatorProcess, Path]) -> None:
     assert "Ollama listens on loopback only" in line_of(out, " OK ", "exposure")
     assert "level=ERROR" in line_of(out, "WARN", "log")
     assert line_of(out, "SKIP", "gpu")
+    # the crashed runner left nothing loaded; no watchdog runs on the configured port
+    assert "no model is loaded: nothing to place" in line_of(out, "SKIP", "placement")
+    assert "the watchdog does not answer at http://127.0.0.1:" in line_of(out, "FAIL", "watchdog")
     assert "fix: " in out
-    assert out.splitlines()[-1].endswith(" WARN, 1 FAIL, 1 skipped")
+    assert out.splitlines()[-1].endswith(" WARN, 2 FAIL, 2 skipped")
 
 
 def test_doctor_when_ollama_is_down_and_the_store_damaged(
@@ -353,7 +447,8 @@ def test_doctor_when_ollama_is_down_and_the_store_damaged(
     victim = scan.manifests[0].layers[0]
     store.blob_path(victim.digest).unlink()
     sim.stop()
-    code, out = run_doctor(tmp_path, sim)
+    exporter = f"127.0.0.1:{free_port()}"
+    code, out = run_doctor(tmp_path, sim, exporter=exporter)
     assert code == 2
     assert line_of(out, "FAIL", "port").endswith(f"nothing listens on port {sim.port}")
     assert "failed: refused" in line_of(out, "FAIL", "api")
@@ -363,7 +458,7 @@ def test_doctor_when_ollama_is_down_and_the_store_damaged(
         in blobs
     )
     # the same checklist as JSON: the same items, levels and exit code
-    json_code, json_out = run_doctor(tmp_path, sim, "--json")
+    json_code, json_out = run_doctor(tmp_path, sim, "--json", exporter=exporter)
     doc = json.loads(json_out)
     assert json_code == doc["exit_code"] == 2 and doc["status"] == "FAIL"
     tags = {"SKIP": "SKIP", "OK": " OK ", "WARN": "WARN", "FAIL": "FAIL"}
@@ -392,6 +487,30 @@ def test_doctor_without_a_unit_skips_systemd_and_says_why(
     assert "[logs] source = file" in line_of(proc.stdout, "SKIP", "log")
     assert "[ollama] unit is empty" in line_of(proc.stdout, "SKIP", "service")
     assert "Ollama 0.32.15 answers at" in line_of(proc.stdout, " OK ", "api")
+
+
+def test_doctor_reads_the_watchdogs_own_state_and_the_models_placement(
+    live: tuple[SimulatorProcess, Path],
+) -> None:
+    sim, tmp_path = live
+    model = requests.get(sim.url + "/api/tags", timeout=10).json()["models"][0]["name"]
+    requests.post(
+        sim.url + "/api/generate", json={"model": model, "prompt": "x", "stream": False},
+        timeout=30,
+    ).raise_for_status()  # fmt: skip
+    # a real watchdog daemon, told not to act: its state is `disabled`, a WARN with the fix
+    cfg = quick_config(sim.url, tmp_path / "wd")
+    (tmp_path / "wd").mkdir()
+    with DaemonProcess(cfg, tmp_path / "wd") as daemon:
+        daemon.wait_value("ollama_up", 1.0)
+        code, out = run_doctor(tmp_path, sim, exporter=cfg["exporter"]["listen"])
+    watchdog = line_of(out, "WARN", "watchdog")
+    assert "state disabled: [watchdog] enabled = false: nothing restarts a hung Ollama" in watchdog
+    assert "fix: set [watchdog] enabled = true" in out
+    # the simulator reports size_vram 0: on the CPU, and doctor was told not to look for GPUs
+    assert f"{model}: on the CPU (" in line_of(out, " OK ", "placement")
+    assert "[gpu] enabled = false" in line_of(out, " OK ", "placement")
+    assert code == 1  # WARNs only (service, models-dir owner, env, parameters, watchdog)
 
 
 # --------------------------------------------------------------------------------------------

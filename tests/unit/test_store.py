@@ -186,6 +186,25 @@ def test_verify_uses_default_models_dir_from_config(
     assert code == 0 and "OK:" in out
 
 
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_verify_reads_models_dir_from_config_either_side_of_the_subcommand(
+    built: Built, tmp_path: Path, where: str
+) -> None:
+    # `models verify --config F` was refused (the flag belonged to `models` only)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[ollama]\nmodels_dir = "{built.root}"\n')
+    flags = ["--config", str(config)]
+    argv = ["verify", *flags] if where == "after" else [*flags, "verify"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ollama_watchdog", "models", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("OK: 3 models, 10 blobs")
+
+
 def test_verify_names_a_flipped_byte_as_corrupt_with_every_model_using_it(
     built: Built, capsys: pytest.CaptureFixture[str]
 ) -> None:

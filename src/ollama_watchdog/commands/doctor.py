@@ -1,8 +1,12 @@
 """``ollama-watchdog doctor``: the checklist an on-call person runs at 3 a.m.
 
-Each item prints ``OK``, ``WARN`` or ``FAIL`` with what was found and, when not OK, the fix
-(``--json``: the same findings as one JSON document, for a script or a fleet inventory).
+Each item prints ``OK``, ``WARN`` or ``FAIL`` with what was found and, when not OK, the fix, or
+``SKIP`` with why it was not checked (never ``OK`` for what was not looked at); ``--json``: the
+same findings as one JSON document, for a script or a fleet inventory.
 Exit code: 0 all OK, 1 some WARN, 2 some FAIL (SKIP never counts).
+
+Besides Ollama it checks the watchdog itself (its own ``/metrics`` at ``[exporter] listen``:
+running, its state, what it sees) and where each loaded model sits (GPU or CPU).
 
 Gathering (systemctl, /proc, sockets, NVML, the journal, the store) happens in thin functions
 with timeouts; judging is done by pure functions that take plain data, so every rule is tested
@@ -32,8 +36,10 @@ from urllib.parse import urlsplit
 import psutil
 
 from ollama_watchdog.boundedread import FileRefused, open_regular, read_bounded
+from ollama_watchdog.config import parse_listen
+from ollama_watchdog.exporter.scrape import Samples, sample, scrape, total
 from ollama_watchdog.ollama import env as ollama_env
-from ollama_watchdog.ollama.api import OllamaClient, ProbeError
+from ollama_watchdog.ollama.api import LoadedModel, OllamaClient, ProbeError
 from ollama_watchdog.ollama.env import Verdict
 from ollama_watchdog.ollama.logparse import Message, parse_line
 from ollama_watchdog.ollama.processes import classify_argv
@@ -506,7 +512,12 @@ def judge_parameters(
                 "parameters", level, f"{origin}: PARAMETER {name} {effect}",
                 f"{check.hint}; remove the line and re-create the model",
             ))  # fmt: skip
-    if not out:
+    if not out and not model_params and not modelfiles:
+        out.append(Finding(
+            "parameters", Level.SKIP,
+            "no model stores parameters and no --modelfile was given: nothing to check",
+        ))  # fmt: skip
+    elif not out:
         out.append(Finding("parameters", Level.OK, "no ignored or rejected Modelfile parameters"))
     return out
 
@@ -563,6 +574,8 @@ def judge_exposure(
 def judge_log_errors(lines: Sequence[str] | None, why: str, limit: int = 3) -> Finding:
     if lines is None:
         return Finding("log", Level.SKIP, f"log not read: {why}")
+    if not lines:
+        return Finding("log", Level.SKIP, "the log is empty: no lines to check")
     errors: list[str] = []
     for line in lines:
         event = parse_line(line)
@@ -583,6 +596,194 @@ def _short(line: str, limit: int = 200) -> str:
     # keep the slog part: the journald prefix says nothing the operator does not know
     at = line.find("level=")
     return one_line(line[at:] if at >= 0 else line, limit)
+
+
+#: the watchdog's states (``ollama_watchdog_state``) and what each means for the operator:
+#: (level, what it means, fix)
+_WATCHDOG_STATES: dict[str, tuple[Level, str, str]] = {
+    "healthy": (Level.OK, "Ollama passes its probes", ""),
+    "degraded": (
+        Level.WARN, "probes are failing, not yet enough for an action",
+        "see the api and log items; the watchdog acts after failure_threshold failures",
+    ),
+    "busy": (
+        Level.WARN, "deep probes time out while other requests complete: Ollama is saturated "
+        "(no action is taken for this)",
+        "more capacity (OLLAMA_NUM_PARALLEL, another instance) or fewer concurrent requests",
+    ),
+    "remediating": (
+        Level.WARN, "an unload or runner kill is in flight",
+        "wait a minute and run doctor again; journalctl -u ollama-watchdog says why",
+    ),
+    "restarting": (
+        Level.WARN, "a restart of Ollama is in flight",
+        "wait a minute and run doctor again; journalctl -u ollama-watchdog says why",
+    ),
+    "backoff": (
+        Level.WARN, "Ollama keeps failing; the next restart waits for its backoff",
+        "find the cause in the log item; journalctl -u ollama-watchdog -n 50",
+    ),
+    "gave_up": (
+        Level.FAIL, "the restart budget is spent: the watchdog no longer restarts Ollama",
+        "fix the cause (log item, journalctl -u ollama), then re-arm: systemctl restart "
+        "ollama-watchdog (health coming back re-arms it too)",
+    ),
+    "disabled": (
+        Level.WARN, "[watchdog] enabled = false: nothing restarts a hung Ollama",
+        "set [watchdog] enabled = true and systemctl reload ollama-watchdog, if that was not "
+        "on purpose",
+    ),
+    "maintenance": (
+        Level.WARN, "maintenance: the watchdog keeps its hands off Ollama",
+        "when the work is done: ollama-watchdog maintenance off",
+    ),
+    "draining": (
+        Level.WARN, "a planned action waits for requests in flight to finish",
+        "wait; it acts at the latest after [healing] planned_max_wait",
+    ),
+    "deferred": (
+        Level.WARN, "a planned action waits: the fleet's action budget is at its limit",
+        "see the other hosts' watchdogs; it acts when the budget frees",
+    ),
+}
+
+def exporter_url(listen: str) -> str:
+    """The URL of the watchdog's own /metrics from ``[exporter] listen`` (any-address: loopback)."""
+    host, port = parse_listen(listen)
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/metrics"
+
+
+def judge_watchdog(url: str, samples: Samples | None, why: str, now: float) -> list[Finding]:
+    """The watchdog's own view: running, its state, whether it sees Ollama up."""
+    if samples is None:
+        return [Finding(
+            "watchdog", Level.FAIL, f"the watchdog does not answer at {url}: {why}",
+            "nothing restarts a hung Ollama and no alert has data: systemctl start "
+            "ollama-watchdog; why it stopped: journalctl -u ollama-watchdog -n 50 (or run "
+            "doctor with the watchdog's own --config)",
+        )]  # fmt: skip
+    states = [
+        dict(labels)["state"]
+        for (name, labels), value in samples.items()
+        if name == "ollama_watchdog_state" and value == 1 and dict(labels).get("state")
+    ]
+    if len(states) != 1:
+        return [Finding(
+            "watchdog", Level.WARN,
+            f"{url} answers but has no single ollama_watchdog_state (found {len(states)})",
+            "is this port the watchdog's? check [exporter] listen against the running daemon",
+        )]  # fmt: skip
+    state = states[0]
+    level, meaning, fix = _WATCHDOG_STATES.get(
+        state, (Level.WARN, "a state this doctor does not know", "upgrade ollama-watchdog")
+    )
+    restarts = total(samples, "ollama_watchdog_restarts_total")
+    facts = f"{int(restarts)} restarts since it started"
+    until = sample(samples, "ollama_watchdog_maintenance_until_timestamp_seconds")
+    if state == "maintenance" and until:
+        facts += f"; the mark expires in {max(0, round((until - now) / 60))} min"
+    out = [Finding("watchdog", level, f"state {state}: {meaning} ({facts})", fix)]
+    up = sample(samples, "ollama_up")
+    if up is None:
+        out.append(Finding(
+            "watchdog", Level.WARN, "the watchdog exports no ollama_up: its api collector fails",
+            "journalctl -u ollama-watchdog -n 50 names the collector error",
+        ))  # fmt: skip
+    elif up == 0:
+        out.append(Finding(
+            "watchdog", Level.FAIL, "the watchdog sees Ollama down (ollama_up 0)",
+            "see the api item; if doctor reaches Ollama but the watchdog does not, their "
+            "[ollama] url differ: run doctor with the watchdog's --config",
+        ))  # fmt: skip
+    if sample(samples, "ollama_watchdog_dry_run") == 1:
+        out.append(Finding(
+            "watchdog", Level.WARN, "--dry-run is on: decisions are logged, nothing is carried out",
+            "remove --dry-run from the unit's ExecStart when the trial is over",
+        ))  # fmt: skip
+    return out
+
+
+def judge_placement(
+    loaded: Sequence[LoadedModel] | None, why: str, gpus: int | None, gpu_note: str
+) -> list[Finding]:
+    """Where each loaded model sits, from /api/ps (``size_vram`` of ``size``).
+
+    ``gpus``: how many GPUs this host has (NVML or Ollama's discovery), None when unknown.
+    """
+    if loaded is None:
+        return [Finding("placement", Level.SKIP, f"/api/ps not read: {why}")]
+    if not loaded:
+        return [Finding("placement", Level.SKIP, "no model is loaded: nothing to place")]
+    out: list[Finding] = []
+    for m in loaded:
+        size = f"{human_bytes(m.size)}"
+        if m.size > 0 and m.size_vram >= m.size:
+            out.append(Finding("placement", Level.OK, f"{m.name}: all on GPU ({size})"))
+        elif m.size_vram > 0:
+            pct = round(100 * m.size_vram / m.size) if m.size else 0
+            out.append(Finding(
+                "placement", Level.WARN,
+                f"{m.name}: {pct}% on GPU, the rest on the CPU ({human_bytes(m.size_vram)} of "
+                f"{size}): generation runs at CPU speed",
+                "it does not fit in free VRAM: a smaller model or quantisation, a lower "
+                "num_ctx or OLLAMA_NUM_PARALLEL, or unload the other models",
+            ))  # fmt: skip
+        elif gpus:
+            out.append(Finding(
+                "placement", Level.FAIL,
+                f"{m.name}: on the CPU ({size}, size_vram 0) although this host has {gpus} "
+                "GPUs: silent CPU fallback",
+                "Ollama did not find the GPU at its start: systemctl restart ollama; if it "
+                "stays, see the gpu-ollama item (CUDA_VISIBLE_DEVICES, driver, video/render "
+                "groups); a model pinned to CPU on purpose has num_gpu 0",
+            ))  # fmt: skip
+        else:
+            out.append(Finding(
+                "placement", Level.OK, f"{m.name}: on the CPU ({size}); {gpu_note}"
+            ))  # fmt: skip
+    return out
+
+
+def check_watchdog(config: Config) -> list[Finding]:
+    """Gather and judge the watchdog's own /metrics."""
+    url = exporter_url(config.exporter.listen)
+    if config.exporter.web_config:
+        return [Finding(
+            "watchdog", Level.SKIP,
+            f"{url} is behind [exporter] web_config (TLS or basic auth): doctor holds no "
+            "credentials; curl it with yours",
+        )]  # fmt: skip
+    samples, why = scrape(url, min(config.ollama.timeout, 5.0))
+    return judge_watchdog(url, samples, why, time.time())
+
+
+def check_placement(
+    config: Config, nvml: Sequence[str] | None, compute: Sequence[Mapping[str, str]] | None
+) -> list[Finding]:
+    """Gather /api/ps and judge where each loaded model sits."""
+    client = OllamaClient(config.ollama.url, config.ollama.timeout)
+    try:
+        loaded: list[LoadedModel] | None = client.ps()
+        why = ""
+    except ProbeError as exc:
+        loaded, why = None, f"{exc.reason} ({exc.detail})"
+    finally:
+        client.close()
+    discovered = [c for c in compute or () if c.get("library", "").lower() not in ("cpu", "")]
+    gpus: int | None = len(nvml) if nvml else len(discovered) or None
+    if config.gpu.enabled == "false" and not discovered:
+        note = "whether this host has a GPU was not checked ([gpu] enabled = false)"
+    elif nvml is None and not discovered:
+        note = "no GPU seen (NVML not usable, no GPU in Ollama's discovery)"
+    else:
+        note = "this host has no GPU"
+    return judge_placement(loaded, why, gpus, note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,6 +886,8 @@ def run_doctor(config: Config, modelfiles: Sequence[Path], log_lines: int) -> li
         config.exporter.web_config,
     )
     findings.append(judge_log_errors(lines, log_why))
+    findings += check_placement(config, names, compute)
+    findings += check_watchdog(config)
     return findings
 
 
@@ -764,9 +967,11 @@ __all__ = [
     "judge_log_errors",
     "judge_models_dir",
     "judge_parameters",
+    "judge_placement",
     "judge_port",
     "judge_service",
     "judge_version",
+    "judge_watchdog",
     "main",
     "render",
     "render_json",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -41,12 +42,21 @@ def running_ollama_servers(proc_root: Path = Path("/proc")) -> list[int]:
     return sorted(pids)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``verify``, ``backup`` and ``restore`` subcommands to the ``models`` parser."""
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    add_config: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """Add the ``verify``, ``backup`` and ``restore`` subcommands to the ``models`` parser.
+
+    ``add_config`` adds ``--config`` to each subcommand too, so ``models verify --config F``
+    works as well as ``models --config F verify``.
+    """
     sub = parser.add_subparsers(dest="models_command", metavar="{verify,backup,restore}")
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
+        if add_config is not None:
+            add_config(p)
         p.add_argument(
             "--models-dir",
             type=Path,
