@@ -97,6 +97,31 @@ class GpuConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: several hosts behind one balancer (issue 17)."""
+
+    #: Prometheus that scrapes every watchdog of the fleet; "" = no fleet budget, act alone
+    prometheus_url: str = ""
+    prometheus_username: str = ""
+    #: a file holding the basic-auth password (never the password itself in the config)
+    prometheus_password_file: str = ""
+    #: CA bundle for an https prometheus_url with a private CA; "" = the system's
+    prometheus_ca_file: str = ""
+    #: one fleet query, connect to last byte
+    query_timeout: float = 2.0
+    #: hosts of the fleet that may be out (draining, remediating, restarting, backoff) at once
+    max_unavailable: int = 1
+    #: PromQL label matchers that pick this fleet's watchdogs out of Prometheus
+    selector: str = 'job="ollama-watchdog"'
+    #: this host's own ``instance`` label in Prometheus; "" = derived from [exporter] listen
+    instance: str = ""
+    #: how long a planned action waits for requests in flight to finish
+    drain_timeout: float = 120.0
+    #: HAProxy agent-check responder, host:port; "" = off
+    agent_listen: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
@@ -104,6 +129,7 @@ class Config:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -113,6 +139,7 @@ SECTIONS: dict[str, type[Any]] = {
     "watchdog": WatchdogConfig,
     "logs": LogsConfig,
     "gpu": GpuConfig,
+    "fleet": FleetConfig,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +264,55 @@ def _listen(raw: object) -> str:
     return _string(raw).strip()
 
 
+def _listen_or_off(raw: object) -> str:
+    if isinstance(raw, str) and not raw.strip():
+        return ""
+    try:
+        return _listen(raw)
+    except ValueError as exc:
+        raise ValueError(f'{exc}, or "" (off)') from None
+
+
+def _url_or_off(raw: object) -> str:
+    if isinstance(raw, str) and not raw.strip():
+        return ""
+    try:
+        return _url(raw)
+    except ValueError:
+        raise ValueError('an http(s) URL like "http://prometheus:9090", or "" (off)') from None
+
+
+# One PromQL label matcher: name, operator, double-quoted value (escapes allowed).
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\\n]|\\.)*"\s*'
+_SELECTOR_RE = re.compile(rf"(?:{_MATCHER}(?:,{_MATCHER})*)?,?\s*")
+_SELECTOR_HELP = (
+    'PromQL label matchers without braces, like \'job="ollama-watchdog"\' or '
+    '\'job="ollama-watchdog",site=~"lab|dc1"\''
+)
+
+
+def _selector(raw: object) -> str:
+    text = _string(raw).strip()
+    if not _SELECTOR_RE.fullmatch(text):
+        raise ValueError(_SELECTOR_HELP)
+    names = re.findall(r'(?:^|,)\s*([A-Za-z_][A-Za-z0-9_]*)\s*[=!]', text)
+    if "state" in names:
+        raise ValueError(
+            _SELECTOR_HELP + ' (without "state": the fleet query matches the states itself)'
+        )
+    return text.rstrip(", \t")
+
+
+def _label_value(raw: object) -> str:
+    text = _string(raw).strip()
+    if any(c in text for c in '"\\\n{}') or len(text) > 256:
+        raise ValueError(
+            'Prometheus\'s instance label of this host, like "gpu1.example.internal:9778", '
+            'or "" (derived from exporter.listen)'
+        )
+    return text
+
+
 def _path(raw: object) -> Path:
     text = _string(raw)
     if not text:
@@ -291,6 +367,16 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("logs", "path"): _string,
     ("logs", "state_dir"): _path,
     ("gpu", "enabled"): _choice(GpuMode),
+    ("fleet", "prometheus_url"): _url_or_off,
+    ("fleet", "prometheus_username"): _string,
+    ("fleet", "prometheus_password_file"): _string,
+    ("fleet", "prometheus_ca_file"): _string,
+    ("fleet", "query_timeout"): _positive_duration,
+    ("fleet", "max_unavailable"): _int_at_least(1),
+    ("fleet", "selector"): _selector,
+    ("fleet", "instance"): _label_value,
+    ("fleet", "drain_timeout"): _duration_or_zero,
+    ("fleet", "agent_listen"): _listen_or_off,
 }
 
 
@@ -395,6 +481,19 @@ def _check_consistency(config: Config, origin: str) -> None:
             f"{origin}: watchdog.backoff_max ({format_duration(wd.backoff_max)}) is shorter than "
             f"watchdog.backoff_initial ({format_duration(wd.backoff_initial)}): raise backoff_max"
         )
+    fleet = config.fleet
+    if bool(fleet.prometheus_username) != bool(fleet.prometheus_password_file):
+        raise ConfigError(
+            f"{origin}: fleet.prometheus_username and fleet.prometheus_password_file go "
+            "together: set both for basic auth to Prometheus, or neither"
+        )
+    if fleet.agent_listen and parse_listen(fleet.agent_listen) == parse_listen(
+        config.exporter.listen
+    ):
+        raise ConfigError(
+            f"{origin}: fleet.agent_listen ({fleet.agent_listen}) is the exporter's own "
+            "address: give the HAProxy agent a port of its own"
+        )
     if config.logs.source == "file" and not config.logs.path:
         raise ConfigError(
             f'{origin}: logs.source = "file" needs logs.path: set it to Ollama\'s log file, '
@@ -408,6 +507,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ExporterConfig",
+    "FleetConfig",
     "GpuConfig",
     "GpuMode",
     "LogSource",

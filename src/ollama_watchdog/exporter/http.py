@@ -1,8 +1,16 @@
-"""The exporter's HTTP side: /metrics, /healthz and a landing page, with optional TLS + basic auth.
+"""The exporter's HTTP side: /metrics, /healthz, /ready and a landing page, optional TLS + auth.
 
 A scrape never measures anything. Collectors publish complete metric families into a
 ``SnapshotBoard`` when their run finishes (a dict swapped atomically); ``/metrics`` renders the
 latest snapshot. A hung Ollama or a wedged NVML call therefore cannot slow a scrape down.
+
+``/ready`` is for load balancers (issue 17): 200 ``ready`` while the host may take new requests,
+503 with one word (``down``, ``draining``, ``maintenance``, ``remediating``, ``restarting``,
+``starting``) otherwise, from a readiness provider that only reads a value the daemon's main
+loop keeps current. It needs no credentials even when ``/metrics`` does: a balancer's health
+check carries none (HAProxy's ``option httpchk`` and most cloud balancers send no
+Authorization), and the answer is one word about availability that the balancer publishes by
+routing anyway — no metric, no model, no request data. TLS, when configured, still applies.
 """
 
 from __future__ import annotations
@@ -28,6 +36,13 @@ from ollama_watchdog.config import parse_listen
 
 # A client that opens a connection and sends nothing must not hold a server thread for long.
 _CONNECTION_TIMEOUT = 10.0
+
+#: what /ready calls: (ready, one-word reason); must return at once and never raise
+ReadinessProvider = Callable[[], tuple[bool, str]]
+
+
+def _starting() -> tuple[bool, str]:
+    return False, "starting"
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,7 @@ _LANDING = """<!DOCTYPE html>
 <ul>
 <li><a href="{prefix}metrics">Metrics</a></li>
 <li><a href="{prefix}healthz">Health</a></li>
+<li><a href="{prefix}ready">Readiness</a> (for load balancers)</li>
 </ul>
 </body></html>
 """
@@ -188,9 +204,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/ready":
+            self._ready()  # before the auth check: balancers send no credentials
+            return
         if not self._authorised():
             return
-        path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._metrics()
         elif path == "/healthz":
@@ -205,6 +224,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, body, "text/html; charset=utf-8")
         else:
             self._send(HTTPStatus.NOT_FOUND, b"404 page not found\n", "text/plain; charset=utf-8")
+
+    def _ready(self) -> None:
+        try:
+            ready, reason = self.server.readiness()
+        except Exception:  # a provider bug must not read as "ready"
+            ready, reason = False, "down"
+        self._send(
+            HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+            (reason + "\n").encode(),
+            "text/plain; charset=utf-8",
+            {"Cache-Control": "no-store"},
+        )
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -227,12 +258,14 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
         registry: CollectorRegistry,
         health: Callable[[], tuple[bool, str]],
         web: WebAuth | None,
+        readiness: ReadinessProvider,
     ) -> None:
         host = address[0]
         if ":" in host or host == "":
             self.address_family = socket.AF_INET6
         self.registry = registry
         self.health = health
+        self.readiness = readiness
         self.web = web
         self._ssl = web.ssl_context() if web is not None else None
         super().__init__((host or "::", address[1]), _Handler, bind_and_activate=False)
@@ -259,7 +292,10 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
 
 
 class Exporter:
-    """Binds at construction (so a busy port fails before READY=1), serves on its own thread."""
+    """Binds at construction (so a busy port fails before READY=1), serves on its own thread.
+
+    ``readiness`` answers ``/ready``; without one the exporter says ``starting`` (not ready).
+    """
 
     def __init__(
         self,
@@ -267,11 +303,12 @@ class Exporter:
         board: SnapshotBoard,
         health: Callable[[], tuple[bool, str]],
         web: WebAuth | None = None,
+        readiness: ReadinessProvider = _starting,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(board))
         host, port = parse_listen(listen)
-        self._server = _ExporterHTTPServer((host, port), self.registry, health, web)
+        self._server = _ExporterHTTPServer((host, port), self.registry, health, web, readiness)
         self._thread: threading.Thread | None = None
 
     @property
@@ -299,4 +336,11 @@ class Exporter:
             self._thread.join(max(0.0, deadline - time.monotonic()))
 
 
-__all__ = ["CollectorResult", "Exporter", "SnapshotBoard", "SnapshotCollector", "WebAuth"]
+__all__ = [
+    "CollectorResult",
+    "Exporter",
+    "ReadinessProvider",
+    "SnapshotBoard",
+    "SnapshotCollector",
+    "WebAuth",
+]
