@@ -5,6 +5,8 @@ packages=(
   prometheus        # prometheus + promtool: rules, live scrapes
   logrotate         # rotation of followed log files
   nginx-light       # the load-balancer example
+  libnginx-mod-http-js # njs: the API-key gateway example (nginx/gateway.js)
+  haproxy           # the HAProxy example: /ready health checks and the agent-check
   debootstrap       # rootfs for the system tests
   systemd-container # systemd-nspawn
   shellcheck        # installer scripts
@@ -29,8 +31,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The Debian prometheus package starts a server on :9090 through its postinst (where systemd
-# runs); the tests start their own on free ports and need none.
+# The Debian prometheus and haproxy packages start a server through their postinst (where
+# systemd runs); the tests start their own on free ports and need none.
 
 # A real llama-server (CPU) for the real-runner tests: built once into the user's cache (about
 # 6 min on 2 cores), a no-op when cached. Tests take $LLAMA_SERVER when set (then nothing is

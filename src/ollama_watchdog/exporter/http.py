@@ -330,7 +330,8 @@ class Exporter:
 
     def stop(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever that never ran
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
