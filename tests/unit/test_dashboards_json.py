@@ -32,7 +32,8 @@ def all_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_there_are_an_overview_a_host_and_a_fleet_dashboard() -> None:
-    assert {load(p)["uid"] for p in DASHBOARDS} == {"ollama-overview", "ollama-host", "ollama-fleet"}
+    uids = {load(p)["uid"] for p in DASHBOARDS}
+    assert uids == {"ollama-overview", "ollama-host", "ollama-fleet"}
 
 
 def test_fleet_has_a_row_per_host_and_the_budget() -> None:
