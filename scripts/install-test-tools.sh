@@ -15,6 +15,8 @@ packages=(
   prometheus-alertmanager # alertmanager + amtool: the paging chain, inhibitions
   logrotate         # rotation of followed log files
   nginx-light       # the load-balancer example
+  libnginx-mod-http-js # njs: the API-key gateway example (nginx/gateway.js)
+  haproxy           # the HAProxy example: /ready health checks and the agent-check
   debootstrap       # rootfs for the system tests
   systemd-container # systemd-nspawn
   shellcheck        # installer scripts
@@ -116,8 +118,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The Debian prometheus and prometheus-alertmanager packages start servers on :9090/:9093
-# through their postinst (where systemd runs); the tests start their own on free ports.
+# The Debian prometheus, prometheus-alertmanager and haproxy packages start servers (:9090,
+# :9093, haproxy) through their postinst (where systemd runs); the tests start their own on
+# free ports and need none.
 
 # A real llama-server (CPU) for the real-runner tests: built once into the user's cache (about
 # 6 min on 2 cores), a no-op when cached. Tests take $LLAMA_SERVER when set (then nothing is

@@ -127,17 +127,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ollama-watchdog: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except OSError as exc:
+        # the HAProxy agent's bind error carries its address as filename (Daemon.prepare)
+        where = str(exc.filename) if exc.filename else config.exporter.listen
+        key = "[fleet] agent_listen" if exc.filename else "[exporter] listen"
         if exc.errno == errno.EADDRINUSE:
             print(
-                f"ollama-watchdog: cannot listen on {config.exporter.listen}: address already in "
-                "use; stop the other process or set [exporter] listen to a free port",
+                f"ollama-watchdog: cannot listen on {where}: address already in "
+                f"use; stop the other process or set {key} to a free port",
                 file=sys.stderr,
             )
         else:
-            print(
-                f"ollama-watchdog: cannot listen on {config.exporter.listen}: {exc.strerror}",
-                file=sys.stderr,
-            )
+            print(f"ollama-watchdog: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
         return 1
     daemon.install_signal_handlers()
     return daemon.run()

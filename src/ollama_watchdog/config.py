@@ -35,6 +35,7 @@ EX_CONFIG = 78
 
 E = TypeVar("E", bound=enum.StrEnum)
 
+
 class ConfigError(Exception):
     """A configuration problem; ``str(err)`` is the single line shown to the operator."""
 
@@ -147,6 +148,31 @@ class HealingConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: several hosts behind one balancer (issue 17)."""
+
+    #: Prometheus that scrapes every watchdog of the fleet; "" = no fleet budget, act alone
+    prometheus_url: str = ""
+    prometheus_username: str = ""
+    #: a file holding the basic-auth password (never the password itself in the config)
+    prometheus_password_file: str = ""
+    #: CA bundle for an https prometheus_url with a private CA; "" = the system's
+    prometheus_ca_file: str = ""
+    #: one fleet query, connect to last byte
+    query_timeout: float = 2.0
+    #: hosts of the fleet that may be out (draining, remediating, restarting, backoff) at once
+    max_unavailable: int = 1
+    #: PromQL label matchers that pick this fleet's watchdogs out of Prometheus
+    selector: str = 'job="ollama-watchdog"'
+    #: this host's own ``instance`` label in Prometheus; "" = derived from [exporter] listen
+    instance: str = ""
+    #: how long a planned action waits for requests in flight to finish
+    drain_timeout: float = 120.0
+    #: HAProxy agent-check responder, host:port; "" = off
+    agent_listen: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
@@ -155,6 +181,7 @@ class Config:
     logs: LogsConfig = field(default_factory=LogsConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     healing: HealingConfig = field(default_factory=HealingConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -165,6 +192,7 @@ SECTIONS: dict[str, type[Any]] = {
     "logs": LogsConfig,
     "gpu": GpuConfig,
     "healing": HealingConfig,
+    "fleet": FleetConfig,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +248,7 @@ def human_duration(seconds: float) -> str:
 def _positive_duration(raw: object) -> float:
     value = parse_duration(raw)
     if value <= 0:
-        raise ValueError("a duration greater than zero, like \"10s\"")
+        raise ValueError('a duration greater than zero, like "10s"')
     return value
 
 
@@ -289,6 +317,55 @@ def _listen(raw: object) -> str:
     return _string(raw).strip()
 
 
+def _listen_or_off(raw: object) -> str:
+    if isinstance(raw, str) and not raw.strip():
+        return ""
+    try:
+        return _listen(raw)
+    except ValueError as exc:
+        raise ValueError(f'{exc}, or "" (off)') from None
+
+
+def _url_or_off(raw: object) -> str:
+    if isinstance(raw, str) and not raw.strip():
+        return ""
+    try:
+        return _url(raw)
+    except ValueError:
+        raise ValueError('an http(s) URL like "http://prometheus:9090", or "" (off)') from None
+
+
+# One PromQL label matcher: name, operator, double-quoted value (escapes allowed).
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\\n]|\\.)*"\s*'
+_SELECTOR_RE = re.compile(rf"(?:{_MATCHER}(?:,{_MATCHER})*)?,?\s*")
+_SELECTOR_HELP = (
+    "PromQL label matchers without braces, like 'job=\"ollama-watchdog\"' or "
+    '\'job="ollama-watchdog",site=~"lab|dc1"\''
+)
+
+
+def _selector(raw: object) -> str:
+    text = _string(raw).strip()
+    if not _SELECTOR_RE.fullmatch(text):
+        raise ValueError(_SELECTOR_HELP)
+    names = re.findall(r"(?:^|,)\s*([A-Za-z_][A-Za-z0-9_]*)\s*[=!]", text)
+    if "state" in names:
+        raise ValueError(
+            _SELECTOR_HELP + ' (without "state": the fleet query matches the states itself)'
+        )
+    return text.rstrip(", \t")
+
+
+def _label_value(raw: object) -> str:
+    text = _string(raw).strip()
+    if any(c in text for c in '"\\\n{}') or len(text) > 256:
+        raise ValueError(
+            'Prometheus\'s instance label of this host, like "gpu1.example.internal:9778", '
+            'or "" (derived from exporter.listen)'
+        )
+    return text
+
+
 def _path(raw: object) -> Path:
     text = _string(raw)
     if not text:
@@ -298,11 +375,7 @@ def _path(raw: object) -> Path:
 
 def _command(raw: object) -> tuple[str, ...]:
     items: object = raw
-    if (
-        not isinstance(items, list)
-        or not items
-        or not all(isinstance(x, str) and x for x in items)
-    ):
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) and x for x in items):
         raise ValueError(
             'a non-empty list of strings like ["systemctl", "restart", "ollama.service"]'
         )
@@ -397,6 +470,16 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("healing", "cause_cooldown"): _duration_or_zero,
     ("healing", "planned_quiet"): _positive_duration,
     ("healing", "planned_max_wait"): _duration_or_zero,
+    ("fleet", "prometheus_url"): _url_or_off,
+    ("fleet", "prometheus_username"): _string,
+    ("fleet", "prometheus_password_file"): _string,
+    ("fleet", "prometheus_ca_file"): _string,
+    ("fleet", "query_timeout"): _positive_duration,
+    ("fleet", "max_unavailable"): _int_at_least(1),
+    ("fleet", "selector"): _selector,
+    ("fleet", "instance"): _label_value,
+    ("fleet", "drain_timeout"): _duration_or_zero,
+    ("fleet", "agent_listen"): _listen_or_off,
 }
 
 
@@ -554,10 +637,10 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX):
             continue
-        rest = var[len(ENV_PREFIX):].lower()
+        rest = var[len(ENV_PREFIX) :].lower()
         for section in SECTIONS:
             if rest.startswith(section + "_"):
-                key = rest[len(section) + 1:]
+                key = rest[len(section) + 1 :]
                 if (section, key) in _PARSERS:
                     out.append((section, key, env[var], var))
                     break
@@ -627,6 +710,19 @@ def _check_consistency(config: Config, origin: str) -> None:
             f"{origin}: watchdog.backoff_max ({format_duration(wd.backoff_max)}) is shorter than "
             f"watchdog.backoff_initial ({format_duration(wd.backoff_initial)}): raise backoff_max"
         )
+    fleet = config.fleet
+    if bool(fleet.prometheus_username) != bool(fleet.prometheus_password_file):
+        raise ConfigError(
+            f"{origin}: fleet.prometheus_username and fleet.prometheus_password_file go "
+            "together: set both for basic auth to Prometheus, or neither"
+        )
+    if fleet.agent_listen and parse_listen(fleet.agent_listen) == parse_listen(
+        config.exporter.listen
+    ):
+        raise ConfigError(
+            f"{origin}: fleet.agent_listen ({fleet.agent_listen}) is the exporter's own "
+            "address: give the HAProxy agent a port of its own"
+        )
     if config.logs.source == "file" and not config.logs.path:
         raise ConfigError(
             f'{origin}: logs.source = "file" needs logs.path: set it to Ollama\'s log file, '
@@ -640,6 +736,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ExporterConfig",
+    "FleetConfig",
     "GpuConfig",
     "GpuMode",
     "HealingConfig",

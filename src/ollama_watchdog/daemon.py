@@ -1,11 +1,14 @@
 """The daemon: wiring only — the registered collectors, the exporter, the healing side, systemd.
 
 Threads (STYLE.md): one runner thread per collector (each on its own interval, with a deadline),
-the exporter's HTTP server, the log follower's own thread, the restart action's worker, and the
-main loop here. Every collector's result (the healing side's own ``watchdog`` families
-included) is measured the same way (:func:`measure`) and published on the ``SnapshotBoard``.
+the exporter's HTTP server, the HAProxy agent's (``[fleet] agent_listen``), the log follower's
+own thread, the restart action's worker, and the main loop here. Every collector's result (the
+healing side's own ``watchdog`` families included) is measured the same way (:func:`measure`)
+and published on the ``SnapshotBoard``.
 Signals for the healing side travel through one queue to the main loop, the only thread that
-touches the ``Watchdog``.
+touches the ``Watchdog``. After every turn the loop also computes the host's readiness for load
+balancers (``healing.readiness``: the latest liveness probe and the watchdog's state) and swaps
+it in; ``/ready`` and the HAProxy agent only read that value.
 
 systemd (DESIGN.md "systemd"): ``READY=1`` once the exporter listens; the keep-alive
 ``WATCHDOG=1`` from the main loop only while the loop and every collector registered with
@@ -46,11 +49,13 @@ from ollama_watchdog.collectors.evidence import SystemdUnitState
 from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.process import ProcessCollector
 from ollama_watchdog.config import Config, ConfigError, LogSource, load_config
+from ollama_watchdog.exporter.agent import HaproxyAgent
 from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotBoard, WebAuth
 from ollama_watchdog.healing.actions import RemedyActions, RestartAction
+from ollama_watchdog.healing.readiness import STARTING, Readiness, readiness
 from ollama_watchdog.healing.watchdog import Watchdog
 from ollama_watchdog.ollama.api import OllamaClient
-from ollama_watchdog.signals import Signal
+from ollama_watchdog.signals import Signal, SignalKind
 
 log = structlog.get_logger()
 
@@ -192,7 +197,6 @@ def keepalive_interval() -> float | None:
         return None
 
 
-
 class DaemonSelf:
     """Collector ``watchdog``: the daemon's own families — the configuration's reload state and
     the healing side's (``Watchdog.collect``). Run by the main loop, which owns both."""
@@ -214,7 +218,13 @@ class DaemonSelf:
             "When the configuration was last loaded successfully, as a Unix time.",
         )
         at.add_metric([], d.reload_ok_at)
-        return [ok, at, *statefile.families(), *d.watchdog.collect()]
+        ready = GaugeMetricFamily(
+            "ollama_watchdog_ready",
+            "1 while /ready answers 200: Ollama answers and the host is not draining, in "
+            "maintenance, remediating or restarting.",
+        )
+        ready.add_metric([], 1.0 if d.readiness.ready else 0.0)
+        return [ok, at, ready, *statefile.families(), *d.watchdog.collect()]
 
 
 class Daemon:
@@ -245,6 +255,12 @@ class Daemon:
         self._loop_heartbeat = time.monotonic()
         self.exporter: Exporter | None = None
         self._pending_watchdog: Config | None = None
+        self.agent: HaproxyAgent | None = None
+        #: the latest liveness outcome and when it arrived (monotonic); None before the first
+        self._live: bool | None = None
+        self._live_at = 0.0
+        #: read by /ready and the agent from their own threads: replaced whole, never mutated
+        self.readiness: Readiness = STARTING
         self.watchdog = self._make_watchdog(config)
         self._self = DaemonSelf(self)
 
@@ -338,7 +354,8 @@ class Daemon:
     # -- running --------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Bind the exporter (raises OSError when the port is taken) — before anything starts."""
+        """Bind the exporter and the HAProxy agent (raises OSError when a port is taken) —
+        before anything starts."""
         self.exporter = Exporter(
             self.config.exporter.listen,
             self.board,
@@ -346,7 +363,28 @@ class Daemon:
             self._web_auth(self.config),
             max_connections=self.config.exporter.max_connections,
             request_timeout=self.config.exporter.request_timeout,
+            readiness=lambda: self.readiness.as_tuple(),
         )
+        if self.config.fleet.agent_listen:
+            try:
+                self.agent = HaproxyAgent(
+                    self.config.fleet.agent_listen, lambda: str(self.readiness.agent_word)
+                )
+            except BaseException as exc:
+                self.exporter.stop(timeout=0.5)
+                self.exporter = None
+                if isinstance(exc, OSError):
+                    # the address travels as filename: the CLI names the right key
+                    raise OSError(exc.errno, exc.strerror, self.config.fleet.agent_listen) from exc
+                raise
+
+    def _update_readiness(self, now: float) -> None:
+        live = self._live
+        # a prober wedged past its own deadline must not leave the host "ready" for ever
+        stale_after = 3 * self.config.probe.interval + self.config.ollama.timeout
+        if live and now - self._live_at > stale_after:
+            live = False
+        self.readiness = readiness(str(self.watchdog.snapshot().state), live)
 
     def health(self) -> tuple[bool, str]:
         age = time.monotonic() - self._loop_heartbeat
@@ -384,6 +422,8 @@ class Daemon:
             self.prepare()
         assert self.exporter is not None
         self.exporter.start()
+        if self.agent is not None:
+            self.agent.start()
         self._start_collectors(self.config)
         self._publish_self()
         log.info(
@@ -392,6 +432,7 @@ class Daemon:
             ollama=self.config.ollama.url,
             dry_run=self.dry_run,
             watchdog_enabled=self.config.watchdog.enabled,
+            haproxy_agent=self.config.fleet.agent_listen or None,
         )
         self._notifier.send("READY=1")
         tick = min(_MAX_TICK, keepalive_interval() or _MAX_TICK)
@@ -412,6 +453,8 @@ class Daemon:
                 sig = self._signals.get_nowait()
             except queue.Empty:
                 break
+            if sig.kind is SignalKind.LIVENESS:
+                self._live, self._live_at = sig.ok, now
             self.watchdog.observe(sig)
         self.watchdog.tick()
         self._swap_watchdog()
@@ -420,6 +463,7 @@ class Daemon:
         if self._reload.is_set():
             self._reload.clear()
             self._do_reload()
+        self._update_readiness(now)
         self._publish_self()
         self._notifier.status(self._status_sentence())
         if all(r.making_progress(now) for r in self._runners if r.plan.keepalive):
@@ -448,6 +492,14 @@ class Daemon:
                     hint="[exporter] settings take effect on restart",
                 )
                 new = replace(new, exporter=self.config.exporter)
+            if new.fleet.agent_listen != self.config.fleet.agent_listen:
+                log.warning(
+                    "reload_agent_unchanged",
+                    hint="fleet.agent_listen takes effect on restart",
+                )
+                new = replace(
+                    new, fleet=replace(new.fleet, agent_listen=self.config.fleet.agent_listen)
+                )
         except ConfigError as exc:
             self.reload_ok = False
             log.error("reload_failed", error=str(exc), kept="previous configuration")
@@ -487,6 +539,8 @@ class Daemon:
         log.info("stopping")
         if self.exporter is not None:
             self.exporter.stop(timeout=0.5)
+        if self.agent is not None:
+            self.agent.stop(timeout=0.5)
         self._stop_collectors(timeout=1.0)
 
 

@@ -123,6 +123,50 @@ def test_port_in_use_is_a_clear_error(simulator: SimulatorProcess, tmp_path: Pat
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in proc.stderr
 
 
+def test_ready_follows_the_liveness_probe(simulator: SimulatorProcess, tmp_path: Path) -> None:
+    agent_port = free_port()
+    config = quick_config(
+        simulator.url, tmp_path, fleet={"agent_listen": f"127.0.0.1:{agent_port}"}
+    )
+
+    def ready() -> tuple[int, str]:
+        r = requests.get(d.url + "/ready", timeout=5)
+        return r.status_code, r.text
+
+    def agent() -> bytes:
+        with socket.create_connection(("127.0.0.1", agent_port), timeout=5) as sock:
+            return sock.recv(64)
+
+    with DaemonProcess(config, tmp_path) as d:
+        d.wait_value("ollama_up", 1.0)
+        assert ready() == (200, "ready\n")
+        assert agent() == b"ready\n"
+        assert d.wait_value("ollama_watchdog_ready", 1.0) == 1.0
+        simulator.set_fault("hang")
+        assert d.wait_value("ollama_watchdog_ready", 0.0) == 0.0
+        assert ready() == (503, "down\n")
+        assert agent() == b"maint\n"
+        simulator.clear_fault()
+        assert d.wait_value("ollama_watchdog_ready", 1.0) == 1.0
+        assert ready() == (200, "ready\n")
+
+
+def test_agent_port_in_use_is_a_clear_error(simulator: SimulatorProcess, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        config = quick_config(simulator.url, tmp_path, fleet={"agent_listen": f"127.0.0.1:{port}"})
+        path = write_config(tmp_path / "c.toml", config)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ollama_watchdog", "run", "--config", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in proc.stderr
+    assert "[fleet] agent_listen" in proc.stderr
+
+
 def test_sigterm_stops_cleanly(simulator: SimulatorProcess, tmp_path: Path) -> None:
     d = DaemonProcess(quick_config(simulator.url, tmp_path), tmp_path).start()
     try:

@@ -20,6 +20,7 @@ import requests
 from support.certs import ca, key_and_csr, server_certs, sign
 from support.daemon import DaemonProcess, quick_config
 from support.tools import free_port, require_tool
+from support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -132,9 +133,7 @@ def test_curl_with_a_wrong_or_no_password_gets_401(
     assert 'www-authenticate: basic realm="ollama-watchdog"' in proc.stdout.lower()
 
 
-def test_the_runbook_is_behind_the_same_gate(
-    tls_auth_daemon: DaemonProcess, certs: Certs
-) -> None:
+def test_the_runbook_is_behind_the_same_gate(tls_auth_daemon: DaemonProcess, certs: Certs) -> None:
     # /runbook follows the exporter's auth rules like every other path
     url = tls_auth_daemon.url + "/runbook"
     code, status, body = curl("--cacert", str(certs.ca), url)
@@ -143,6 +142,25 @@ def test_the_runbook_is_behind_the_same_gate(
     code, status, body = curl("--cacert", str(certs.ca), "-u", f"prometheus:{PASSWORD}", url)
     assert (code, status) == (0, "200")
     assert '<h3 id="ollamadown">OllamaDown</h3>' in body
+
+
+def test_ready_needs_no_password_but_still_tls(
+    tls_auth_daemon: DaemonProcess, certs: Certs
+) -> None:
+    # Balancers' health checks carry no credentials: /ready answers without them, over TLS.
+    # Nothing listens at this daemon's Ollama URL, so once the first probe failed it says so.
+    url = tls_auth_daemon.url + "/ready"
+    wait_until(
+        lambda: curl("--cacert", str(certs.ca), url)[1:] == ("503", "down\n"),
+        "/ready says down without a password",
+        timeout=30,
+    )
+    _, status, body = curl("--cacert", str(certs.ca), "-u", "prometheus:wrong", url)
+    assert (status, body) == ("503", "down\n")
+    # the certificate is still checked, and plain HTTP still gets nothing
+    assert curl(url)[0] == 60
+    _, status, body = curl(url.replace("https://", "http://"))
+    assert status != "503" and "down" not in body
 
 
 def test_curl_refuses_the_certificate_without_the_ca(tls_auth_daemon: DaemonProcess) -> None:

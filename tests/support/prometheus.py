@@ -1,6 +1,7 @@
 """A real Prometheus and a real Alertmanager for tests, each in its own process group.
 
-``PrometheusProcess`` scrapes given targets every second with the given rule files;
+``PrometheusProcess`` scrapes given targets (or whole scrape configs) every second with the given
+rule files, optionally behind a ``--web.config.file`` (TLS, basic auth);
 ``AlertmanagerProcess`` runs ``prometheus-alertmanager`` (Debian's name) with clustering off.
 ``shorten`` rewrites durations (``for:``, range selectors, Alertmanager's timers) by a factor,
 so the shipped files can be evaluated in seconds with their proportions kept.
@@ -13,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import requests
@@ -80,17 +82,20 @@ class _Process:
 
     name = "process"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, scheme: str = "http") -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log = tmp / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: how the test itself talks to it (TLS CA, basic auth) when a web config is in force
+        self.client_kwargs: dict[str, Any] = {}
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self) -> None:
+    def start(self) -> _Process:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -99,7 +104,11 @@ class _Process:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.wait(lambda: requests.get(f"{self.url}/-/ready", timeout=2).ok, "ready")
+        self.wait(
+            lambda: requests.get(f"{self.url}/-/ready", timeout=2, **self.client_kwargs).ok,
+            "ready",
+        )
+        return self
 
     def wait(self, condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
         """Wait for ``condition`` (an unreachable server is "not yet"); fail with its log."""
@@ -120,33 +129,49 @@ class _Process:
         if self.proc is not None:
             stop_process_group(self.proc, 15.0, reap_timeout=5.0)
 
+    def __enter__(self) -> _Process:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
 
 class PrometheusProcess(_Process):
-    """A real prometheus with a temp storage dir, scraping ``targets`` every second."""
+    """A real prometheus with a temp storage dir, scraping ``targets`` (one job) or
+    ``scrape_configs`` (as written) every second."""
 
     name = "prometheus"
 
     def __init__(
         self,
         tmp: Path,
-        targets: Sequence[str],
-        rule_files: Sequence[Path],
+        targets: Sequence[str] = (),
+        rule_files: Sequence[Path] = (),
         *,
         job: str = "ollama-watchdog",
         alertmanager: str | None = None,
         history: Mapping[str, float] | None = None,
         history_seconds: float = 4 * 3600,
+        scrape_configs: Sequence[Mapping[str, Any]] | None = None,
+        web_config: str | None = None,
+        scheme: str = "http",
     ) -> None:
         """``history``: series (``name{labels}``) backfilled with a constant value over the
         last ``history_seconds``, so windows longer than the test see a host that was fine.
         """
-        super().__init__(tmp)
+        super().__init__(tmp, scheme)
         self._history = dict(history or {})
         self._history_seconds = history_seconds
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
+            "scrape_configs": (
+                [dict(c) for c in scrape_configs]
+                if scrape_configs is not None
+                else [{"job_name": job, "static_configs": [{"targets": list(targets)}]}]
+            ),
         }
         if alertmanager is not None:
             config["alerting"] = {
@@ -155,11 +180,16 @@ class PrometheusProcess(_Process):
         self.config = tmp / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
         self.storage = tmp / "tsdb"
+        self.web_config: Path | None = None
+        if web_config is not None:
+            self.web_config = tmp / "web.yml"
+            self.web_config.write_text(web_config)
 
-    def start(self) -> None:
+    def start(self) -> PrometheusProcess:
         if self._history:
             self._backfill()
         super().start()
+        return self
 
     def _backfill(self) -> None:
         """Write the history as TSDB blocks with ``promtool tsdb create-blocks-from``."""
@@ -189,19 +219,27 @@ class PrometheusProcess(_Process):
             f"--web.listen-address=127.0.0.1:{self.port}",
             # alerts go out again every second while firing (default 1m)
             "--rules.alert.resend-delay=1s",
+            *([f"--web.config.file={self.web_config}"] if self.web_config is not None else []),
         ]
 
     def query(self, expr: str) -> dict[str, Any]:
-        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
+        response = requests.get(
+            f"{self.url}/api/v1/query", params={"query": expr}, timeout=30, **self.client_kwargs
+        )
         body: dict[str, Any] = response.json()
         return body
+
+    def result(self, expr: str) -> list[dict[str, Any]]:
+        """The ``result`` vector of an instant query that must succeed."""
+        body = self.query(expr)
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
     def firing(self) -> set[str]:
         """Names of the alerts firing now."""
         body = requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()
-        return {
-            a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == "firing"
-        }
+        return {a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == "firing"}
 
 
 class AlertmanagerProcess(_Process):

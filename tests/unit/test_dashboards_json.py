@@ -31,8 +31,30 @@ def all_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     return panels
 
 
-def test_there_are_an_overview_and_a_host_dashboard() -> None:
-    assert {load(p)["uid"] for p in DASHBOARDS} == {"ollama-overview", "ollama-host"}
+def test_there_are_an_overview_a_host_and_a_fleet_dashboard() -> None:
+    uids = {load(p)["uid"] for p in DASHBOARDS}
+    assert uids == {"ollama-overview", "ollama-host", "ollama-fleet"}
+
+
+def test_fleet_has_a_row_per_host_and_the_budget() -> None:
+    board = load(REPO / "grafana" / "dashboards" / "ollama-fleet.json")
+    rows = [p for p in board["panels"] if p["type"] == "row"]
+    assert [r.get("repeat") for r in rows] == ["instance"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
+    # every panel below the repeated row belongs to it and shows one host's figure
+    row_y = rows[0]["gridPos"]["y"]
+    per_host = [p for p in board["panels"] if p["type"] != "row" and p["gridPos"]["y"] > row_y]
+    exprs = " ".join(t["expr"] for p in per_host for t in p["targets"])
+    for needed in (
+        "ollama_up", "ollama_watchdog_ready", "ollama_watchdog_state",
+        "ollama_http_requests_total", "ollama_probe_generate_ttft_seconds",
+        "ollama_models_loaded", "ollama_gpu_memory_used_bytes",
+    ):  # fmt: skip
+        assert needed in exprs, needed
+    above = [p for p in board["panels"] if p["gridPos"]["y"] < row_y]
+    budget = " ".join(t["expr"] for p in above for t in p["targets"])
+    assert 'state=~"draining|remediating|restarting|backoff"' in budget
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)

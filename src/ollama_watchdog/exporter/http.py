@@ -1,9 +1,10 @@
-"""The exporter's HTTP side: /metrics, /healthz, /runbook and a landing page, with optional TLS +
-basic auth.
+"""The exporter's HTTP side: /metrics, /healthz, /ready, /runbook and a landing page, with
+optional TLS + basic auth.
 
-Every path is behind the same gate: with basic auth configured, /runbook needs it too. One rule
-for the whole listener is simpler to audit than exceptions, and a runbook served without auth
-from a host that requires it would be the one path a scanner could reach. Responders who do
+Every path but /ready (below) is behind the same gate: with basic auth configured, /runbook
+needs it too. One rule for the whole listener is simpler to audit than exceptions, and a
+runbook served without auth from a host that requires it would be the one path a scanner could
+reach. Responders who do
 not hold the exporter's credentials get their links from a base they can open instead
 (install.sh --runbook-url; see docs/operations.md, "Runbook links").
 
@@ -16,6 +17,14 @@ served at once (one more is answered ``503`` and closed without a thread), and e
 from the wait for its first byte to the last byte of the answer, has one deadline
 (``request_timeout``). Every socket read and write waits only for what is left of it, so a client
 trickling one byte every few seconds is cut off at the deadline, not kept alive by each byte.
+
+``/ready`` is for load balancers (issue 17): 200 ``ready`` while the host may take new requests,
+503 with one word (``down``, ``draining``, ``maintenance``, ``remediating``, ``restarting``,
+``starting``) otherwise, from a readiness provider that only reads a value the daemon's main
+loop keeps current. It needs no credentials even when ``/metrics`` does: a balancer's health
+check carries none (HAProxy's ``option httpchk`` and most cloud balancers send no
+Authorization), and the answer is one word about availability that the balancer publishes by
+routing anyway — no metric, no model, no request data. TLS, when configured, still applies.
 """
 
 from __future__ import annotations
@@ -57,6 +66,13 @@ _BUSY_REPLY = (
     b"Connection: close\r\n\r\n"
     b"too many connections, retry\n"
 )
+
+#: what /ready calls: (ready, one-word reason); must return at once and never raise
+ReadinessProvider = Callable[[], tuple[bool, str]]
+
+
+def _starting() -> tuple[bool, str]:
+    return False, "starting"
 
 
 @dataclass(frozen=True)
@@ -193,6 +209,7 @@ _LANDING = """<!DOCTYPE html>
 <li><a href="{prefix}metrics">Metrics</a></li>
 <li><a href="{prefix}healthz">Health</a></li>
 <li><a href="{prefix}runbook">Runbook</a> (operations guide and alerts)</li>
+<li><a href="{prefix}ready">Readiness</a> (for load balancers)</li>
 </ul>
 </body></html>
 """
@@ -306,9 +323,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/ready":
+            self._ready()  # before the auth check: balancers send no credentials
+            return
         if not self._authorised():
             return
-        path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._metrics()
         elif path == "/healthz":
@@ -335,6 +355,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, b"404 page not found\n", "text/plain; charset=utf-8")
 
+    def _ready(self) -> None:
+        try:
+            ready, reason = self.server.readiness()
+        except Exception:  # a provider bug must not read as "ready"
+            ready, reason = False, "down"
+        self._send(
+            HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+            (reason + "\n").encode(),
+            "text/plain; charset=utf-8",
+            {"Cache-Control": "no-store"},
+        )
+
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         body = encoder(self.server.registry)
@@ -356,6 +388,7 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
         registry: CollectorRegistry,
         health: Callable[[], tuple[bool, str]],
         web: WebAuth | None,
+        readiness: ReadinessProvider,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
@@ -364,6 +397,7 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.registry = registry
         self.health = health
+        self.readiness = readiness
         self.web = web
         self.max_connections = max_connections
         self.request_timeout = request_timeout
@@ -434,7 +468,10 @@ class _ExporterHTTPServer(ThreadingHTTPServer):
 
 
 class Exporter:
-    """Binds at construction (so a busy port fails before READY=1), serves on its own thread."""
+    """Binds at construction (so a busy port fails before READY=1), serves on its own thread.
+
+    ``readiness`` answers ``/ready``; without one the exporter says ``starting`` (not ready).
+    """
 
     def __init__(
         self,
@@ -445,12 +482,13 @@ class Exporter:
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        readiness: ReadinessProvider = _starting,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(board))
         host, port = parse_listen(listen)
         self._server = _ExporterHTTPServer(
-            (host, port), self.registry, health, web, max_connections, request_timeout
+            (host, port), self.registry, health, web, readiness, max_connections, request_timeout
         )
         self._thread: threading.Thread | None = None
 
@@ -473,10 +511,18 @@ class Exporter:
 
     def stop(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever that never ran
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
 
 
-__all__ = ["CollectorResult", "Exporter", "SnapshotBoard", "SnapshotCollector", "WebAuth"]
+__all__ = [
+    "CollectorResult",
+    "Exporter",
+    "ReadinessProvider",
+    "SnapshotBoard",
+    "SnapshotCollector",
+    "WebAuth",
+]
