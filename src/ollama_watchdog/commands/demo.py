@@ -423,13 +423,19 @@ class DemoPrometheus:
         return " / ".join(text.strip().splitlines()[-3:])
 
     def alerts(self) -> list[dict[str, Any]]:
-        """Pending and firing alerts (``/api/v1/alerts``); [] when it does not answer."""
+        """Pending and firing alerts about a problem (``/api/v1/alerts``); [] when it does not
+        answer. Alerts of severity ``none`` (the always-firing OllamaDeadMansSwitch heartbeat,
+        OllamaMaintenance) are for Alertmanager, not news about a fault, and are left out."""
         try:
             doc = requests.get(self.url + "/api/v1/alerts", timeout=5).json()
             alerts = doc["data"]["alerts"]
         except (requests.RequestException, ValueError, KeyError, TypeError):
             return []
-        return [a for a in alerts if isinstance(a, dict)]
+        return [
+            a
+            for a in alerts
+            if isinstance(a, dict) and (a.get("labels") or {}).get("severity") != "none"
+        ]
 
     def firing(self) -> list[str]:
         return sorted({
