@@ -111,6 +111,15 @@ class CollectorRunner:
     def run_now(self) -> None:
         self._wake.set()
 
+    def replan(self, plan: CollectorPlan) -> None:
+        """A reload kept this runner's collector: take the new cadence and deadline, keep the
+        thread (a run in progress is never doubled by a second thread on the same collector)."""
+        assert plan.collector is self.plan.collector
+        changed = plan.interval != self.plan.interval
+        self.plan = plan
+        if changed:
+            self._wake.set()  # the next run on the new cadence, not after the old interval
+
     def join(self, timeout: float) -> None:
         self._halt.set()
         self._wake.set()
@@ -316,33 +325,60 @@ class Daemon:
             if r.name in ("api", "probe", "process", "evidence"):
                 r.run_now()
 
-    def _start_collectors(self, config: Config) -> None:
-        for plan in build_collectors(config, self.emit, self._registry):
+    def _start_collectors(self, config: Config, previous: Config | None = None) -> None:
+        """Build and start the collectors of ``config``. On a reload (``previous``), those whose
+        settings did not change are kept with their runners; the others are stopped first."""
+        old_runners = {r.name: r for r in self._runners}
+        old = {c.name: c for c in self._collectors}
+        plans = build_collectors(
+            config,
+            self.emit,
+            self._registry,
+            previous=(previous, old) if previous is not None else None,
+        )
+        kept = {p.collector.name for p in plans if p.kept}
+        self._stop_collectors(timeout=1.5, keep=kept)
+        collectors: list[Collector] = []
+        runners: list[CollectorRunner] = []
+        for plan in plans:
             c = plan.collector
-            self._collectors.append(c)
-            if isinstance(c, BackgroundCollector):
-                c.start()
-            runner = CollectorRunner(plan, self.board, self._stop)
-            self._runners.append(runner)
-            runner.start()
+            collectors.append(c)
+            if plan.kept:
+                runner = old_runners[c.name]
+                runner.replan(plan)
+            else:
+                if isinstance(c, BackgroundCollector):
+                    c.start()
+                runner = CollectorRunner(plan, self.board, self._stop)
+                runner.start()
+            runners.append(runner)
+        self._collectors = collectors
+        self._runners = runners
+        if previous is not None:
+            log.info("collectors_reloaded", kept=sorted(kept), rebuilt=sorted(set(old) - kept))
 
-    def _stop_collectors(self, timeout: float) -> None:
+    def _stop_collectors(
+        self, timeout: float, keep: frozenset[str] | set[str] = frozenset()
+    ) -> None:
+        """Stop (and close) every collector but those named in ``keep``."""
         deadline = time.monotonic() + timeout
-        for c in self._collectors:
+        collectors = [c for c in self._collectors if c.name not in keep]
+        runners = [r for r in self._runners if r.name not in keep]
+        for c in collectors:
             if isinstance(c, BackgroundCollector):
                 try:
                     c.stop()
                 except Exception as exc:  # stopping must go on for the others
                     log.error("collector_stop_failed", collector=c.name, error=str(exc))
-        for r in self._runners:
+        for r in runners:
             r.join(max(0.0, deadline - time.monotonic()))
-        for r in self._runners:
+        for r in runners:
             self.board.remove(r.name)
-        for c in self._collectors:
+        for c in collectors:
             if isinstance(c, Closable):
                 c.close()
-        self._runners = []
-        self._collectors = []
+        self._runners = [r for r in self._runners if r.name in keep]
+        self._collectors = [c for c in self._collectors if c.name in keep]
 
     def _web_auth(self, config: Config) -> WebAuth | None:
         if not config.exporter.web_config:
@@ -504,12 +540,11 @@ class Daemon:
             self.reload_ok = False
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             return
-        self._stop_collectors(timeout=1.5)
         if self._healing_changed(new):
             self._pending_watchdog = new
         self._swap_watchdog()
-        self.config = new
-        self._start_collectors(new)
+        previous, self.config = self.config, new
+        self._start_collectors(new, previous)
         self.reload_ok = True
         self.reload_ok_at = time.time()
         log.info("reloaded", config=str(self.config_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import requests
 from support.daemon import DaemonProcess, quick_config, write_config
 from support.sim import SimulatorProcess
 from support.tools import free_port, require_tool
+from support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -251,3 +253,53 @@ def _wait_query(prom: _prometheus, expr: str, want: str, timeout: float = 60) ->
             pass
         time.sleep(0.5)
     return False
+
+
+GIN = '[GIN] 2026/01/20 - 23:15:46 | 200 | {n:>11}µs |       127.0.0.1 | POST     "/api/chat"\n'
+
+
+def requests_counted(d: DaemonProcess) -> float:
+    return sum(v for (name, _), v in d.metrics().items() if name == "ollama_http_requests_total")
+
+
+def test_a_reload_loses_no_line_and_resets_no_counter(
+    simulator: SimulatorProcess, tmp_path: Path
+) -> None:
+    """Issue 18.5: every SIGHUP rebuilt every collector, so the counters fell to 0 and the log
+    was reopened at its end, losing the lines written meanwhile. A collector whose settings did
+    not change is kept."""
+    log = tmp_path / "ollama.log"
+    log.write_text("")
+    cfg = quick_config(simulator.url, tmp_path, logs={"source": "file", "path": str(log)})
+    with DaemonProcess(cfg, tmp_path) as d, log.open("a", encoding="utf-8", buffering=1) as f:
+        d.wait_value("ollama_watchdog_collector_success", 1.0, collector="logs")
+        written = 0
+
+        def write(n: int) -> None:
+            nonlocal written
+            for _ in range(n):
+                f.write(GIN.format(n=written))
+                written += 1
+
+        write(5)
+        wait_until(lambda: requests_counted(d) == 5, "5 requests counted")
+        seen = [requests_counted(d)]
+        # the same file, a changed [watchdog] section, then a changed probe interval: lines
+        # keep arriving right through each reload
+        for change in ({}, {"watchdog": {"failure_threshold": 5}}, {"probe": {"interval": "1s"}}):
+            for section, body in change.items():
+                cfg[section].update(body)
+            write_config(d.config_path, cfg)
+            d.signal(signal.SIGHUP)
+            for _ in range(10):
+                write(3)
+                seen.append(requests_counted(d))
+                time.sleep(0.05)
+            wait_until(lambda: requests_counted(d) == written, f"{written} requests counted")
+        assert written == 5 + 3 * 10 * 3
+        assert seen == sorted(seen), "a counter went down across a reload"
+        assert d.value("ollama_watchdog_config_last_reload_successful") == 1.0
+        events = [json.loads(x) for x in d.stderr().splitlines() if x.startswith("{")]
+        reloads = [e for e in events if e.get("event") == "collectors_reloaded"]
+        assert [e["rebuilt"] for e in reloads] == [[], [], []]
+        assert all("logs" in e["kept"] for e in reloads)

@@ -74,6 +74,13 @@ class Registration:
     #: systemd's keep-alive (``WATCHDOG=1``) is sent only while this collector makes progress:
     #: a wedged liveness prober must get the daemon itself restarted, or nobody would notice
     keepalive: bool = False
+    #: the settings the factory reads: a reload whose configuration gives the same value keeps
+    #: the built collector (its counters, its log position, its threads). Left out: the whole
+    #: configuration, so any change builds it anew (always right, if wasteful)
+    settings: Callable[[Config], object] = lambda c: c
+    #: the collectors of ``Context.built`` the factory takes: one of them built anew builds
+    #: this one anew too (it holds the old one)
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class CollectorPlan:
     interval: float
     timeout: float
     keepalive: bool = False
+    #: True when a reload kept this collector from the previous configuration
+    kept: bool = False
 
 
 def _api(ctx: Context) -> Collector:
@@ -154,6 +163,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         # three probes in a row, each bounded by the client's timeout
         timeout=lambda c: c.ollama.timeout * 3 + 1,
         keepalive=True,
+        settings=lambda c: (c.ollama.url, c.ollama.timeout),
     ),
     Registration(
         "process",
@@ -162,6 +172,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         enabled=_always,
         interval=lambda c: c.probe.interval,
         timeout=lambda c: 10.0,
+        settings=lambda c: (c.ollama.models_dir, c.ollama.unit),
     ),
     Registration(
         "gpu",
@@ -171,6 +182,8 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         interval=lambda c: c.probe.interval,
         # NVML runs with its own deadline inside the collector; this one is a backstop
         timeout=lambda c: 10.0,
+        settings=lambda c: (c.gpu.enabled, c.gpu.devices),
+        needs=("process",),
     ),
     Registration(
         "evidence",
@@ -180,6 +193,8 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         interval=lambda c: c.probe.interval,
         # reads snapshots; the one call out is systemctl show, bounded at 2 s
         timeout=lambda c: 5.0,
+        settings=lambda c: (c.ollama.models_dir, c.ollama.unit, c.healing.vram_min_bytes),
+        needs=("process", "api", "gpu"),
     ),
     Registration(
         "logs",
@@ -189,6 +204,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         # collect() only copies counters: cheap, so as often as the probes
         interval=lambda c: c.probe.interval,
         timeout=lambda c: 5.0,
+        settings=lambda c: (c.logs, c.ollama.models_dir, c.ollama.unit),
     ),
     Registration(
         "probe",
@@ -197,6 +213,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         enabled=lambda c: bool(c.probe.deep_model),
         interval=lambda c: c.probe.deep_interval,
         timeout=lambda c: c.probe.deep_timeout + 5,
+        settings=lambda c: (c.ollama.url, c.probe.deep_model, c.probe.deep_timeout),
     ),
 )
 
@@ -205,19 +222,39 @@ def build_collectors(
     config: Config,
     emit: Callable[[Signal], None],
     registry: tuple[Registration, ...] = REGISTRY,
+    *,
+    previous: tuple[Config, Mapping[str, Collector]] | None = None,
 ) -> list[CollectorPlan]:
-    """Build every collector the table and ``config`` enable, in table order."""
+    """Build every collector the table and ``config`` enable, in table order.
+
+    ``previous`` (a reload): the configuration in force and its collectors by name. A
+    collector whose row gives the same ``settings`` for both configurations, and none of whose
+    ``needs`` was built anew, is kept (``CollectorPlan.kept``): a SIGHUP loses no counter and no
+    log line. The caller stops and closes the previous collectors that were not kept.
+    """
     built: dict[str, Collector] = {}
+    fresh: set[str] = set()
     plans: list[CollectorPlan] = []
     for reg in registry:
         if not reg.enabled(config):
             continue
-        collector = reg.factory(Context(config, emit, dict(built)))
+        collector: Collector | None = None
+        if previous is not None:
+            old_config, old = previous
+            same = reg.settings(old_config) == reg.settings(config)
+            if same and reg.name in old and not fresh.intersection(reg.needs):
+                collector = old[reg.name]
+        kept = collector is not None
+        if collector is None:
+            collector = reg.factory(Context(config, emit, dict(built)))
+            fresh.add(reg.name)
         if collector.name != reg.name:
             raise ValueError(f"collector {collector.name!r} registered as {reg.name!r}")
         built[reg.name] = collector
         plans.append(
-            CollectorPlan(collector, reg.interval(config), reg.timeout(config), reg.keepalive)
+            CollectorPlan(
+                collector, reg.interval(config), reg.timeout(config), reg.keepalive, kept=kept
+            )
         )
     return plans
 
