@@ -88,12 +88,27 @@ function allowed(entry, model) {
     return false;
 }
 
-function inference(r) {
+// The caller of a request: its allow-list entry (status 200), else the status and message to
+// answer (500: the allow-list cannot be read; 401: no or an unknown key).
+function identify(r) {
     var keys = loadKeys(r);
     if (keys === null) {
-        return reply(r, 500, 'the gateway cannot read its allow-list');
+        return {status: 500, message: 'the gateway cannot read its allow-list'};
     }
-    var who = caller(r, keys);
+    return caller(r, keys);
+}
+
+// Proxy to Ollama when the entry allows the model, else 403 naming it.
+function passIfAllowed(r, entry, model) {
+    r.variables.gateway_model = normalise(model).substring(0, 200);
+    if (!allowed(entry, model)) {
+        return reply(r, 403, 'model "' + model.substring(0, 200) + '" is not allowed for this key');
+    }
+    r.internalRedirect('@ollama');
+}
+
+function inference(r) {
+    var who = identify(r);
     if (who.status !== 200) {
         return reply(r, who.status, who.message);
     }
@@ -112,20 +127,12 @@ function inference(r) {
     if (typeof model !== 'string' || model === '') {
         return reply(r, 400, 'the request names no model');
     }
-    r.variables.gateway_model = normalise(model).substring(0, 200);
-    if (!allowed(who.entry, model)) {
-        return reply(r, 403, 'model "' + model.substring(0, 200) + '" is not allowed for this key');
-    }
-    r.internalRedirect('@ollama');
+    passIfAllowed(r, who.entry, model);
 }
 
 // GET /api/tags, /api/ps, /api/version, /v1/models, /: any valid key (they name no model).
 function listing(r) {
-    var keys = loadKeys(r);
-    if (keys === null) {
-        return reply(r, 500, 'the gateway cannot read its allow-list');
-    }
-    var who = caller(r, keys);
+    var who = identify(r);
     if (who.status !== 200) {
         return reply(r, who.status, who.message);
     }
@@ -134,31 +141,19 @@ function listing(r) {
 
 // /v1/models/<name> names its model in the path: checked like a body's "model".
 function modelPath(r) {
-    var keys = loadKeys(r);
-    if (keys === null) {
-        return reply(r, 500, 'the gateway cannot read its allow-list');
-    }
-    var who = caller(r, keys);
+    var who = identify(r);
     if (who.status !== 200) {
         return reply(r, who.status, who.message);
     }
     var model = r.uri.substring('/v1/models/'.length);
-    r.variables.gateway_model = normalise(model).substring(0, 200);
-    if (!allowed(who.entry, model)) {
-        return reply(r, 403, 'model "' + model.substring(0, 200) + '" is not allowed for this key');
-    }
-    r.internalRedirect('@ollama');
+    passIfAllowed(r, who.entry, model);
 }
 
 // The auth_request of every other route (pull, push, create, copy, delete, blobs, ...): a key
 // with "admin": true. Runs as a subrequest, so the upload body is never read here: it streams
 // to Ollama unbuffered. 204 allows; 401/403 are turned into JSON by gateway.conf's error_page.
 function authorizeAdmin(r) {
-    var keys = loadKeys(r);
-    if (keys === null) {
-        return r.return(500);
-    }
-    var who = caller(r, keys);
+    var who = identify(r);
     if (who.status !== 200) {
         return r.return(who.status);
     }
