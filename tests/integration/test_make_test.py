@@ -75,8 +75,11 @@ def test_a_user_who_cannot_install_is_told_which_packages_and_the_tests_go_on(
     proc = _auto_without_packages(tmp_path, ci=False)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
-    assert "install-test-tools: missing Debian packages: prometheus logrotate nginx-light" in err
-    assert "sudo apt-get install -y --no-install-recommends prometheus logrotate" in err
+    missing = (
+        "prometheus prometheus-alertmanager logrotate nginx-light libnginx-mod-http-js haproxy"
+    )
+    assert f"install-test-tools: missing Debian packages: {missing}" in err
+    assert f"sudo apt-get install -y --no-install-recommends {missing}" in err
     assert f"sudo {SCRIPT}" in err
     assert "running the tests anyway: each test that needs a missing tool is skipped" in err
     assert proc.stdout == ""
