@@ -566,7 +566,9 @@ class Daemon:
         if pending is None or self.watchdog.busy:
             return
         self._pending_watchdog = None
-        self.watchdog = self._make_watchdog(pending)
+        fresh = self._make_watchdog(pending)
+        fresh.carry_over(self.watchdog)
+        self.watchdog = fresh
         log.info("policy_reloaded")
 
     def _shutdown(self) -> None:

@@ -7,6 +7,7 @@ the restart command kills the simulator by its pid file, exactly as the demo doe
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from support.daemon import DaemonProcess, quick_config
+from support.daemon import DaemonProcess, quick_config, write_config
 from support.tools import free_port
 
 from ollama_watchdog.commands.demo import SimulatorSupervisor
@@ -182,3 +183,31 @@ def test_dry_run_decides_but_does_not_restart(
         assert d.wait_value("ollama_watchdog_dry_run", 1.0) == 1.0
         assert events(d, "restart_command_skipped")
         assert int(supervisor.pidfile.read_text()) == pid and supervisor.starts == 1
+
+
+def test_a_reload_during_a_restart_starts_no_second_one(
+    supervisor: SimulatorSupervisor, tmp_path: Path
+) -> None:
+    """Issue 18.5: a SIGHUP with a changed [watchdog] section while the restart command ran
+    built a policy that knew nothing of it and decided a second restart beside the first."""
+    supervisor.start()
+    marks = tmp_path / "restarts.log"
+    # a slow restart (systemd stopping a busy Ollama), each start and end written down
+    slow = ["sh", "-c", f'echo start >> {marks}; sleep 4; kill -TERM "$(cat {supervisor.pidfile})";'
+            f" echo end >> {marks}"]  # fmt: skip
+    cfg = config(supervisor, tmp_path, restart_command=slow, restart_timeout="20s")
+    with DaemonProcess(cfg, tmp_path) as d:
+        assert d.wait_value("ollama_up", 1.0) == 1.0
+        control(supervisor, "hang")
+        assert wait_for(lambda: marks.exists() and "start" in marks.read_text())
+        # mid-restart: a changed [watchdog] section (still a hang: 2 failures would restart)
+        cfg["watchdog"]["backoff_max"] = "9s"
+        write_config(d.config_path, cfg)
+        d.signal(signal.SIGHUP)
+        assert wait_for(lambda: d.value("ollama_watchdog_config_last_reload_successful") == 1.0)
+        assert d.wait_value("ollama_watchdog_state", 1.0, state="healthy") == 1.0
+        time.sleep(3)  # what a second policy would have decided meanwhile
+        assert marks.read_text().split() == ["start", "end"]
+        assert d.value("ollama_watchdog_restarts_total", reason="liveness") == 1.0
+        assert len(events(d, "restart_decided")) == 1
+        assert events(d, "policy_reloaded")

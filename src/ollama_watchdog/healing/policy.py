@@ -437,6 +437,14 @@ class WatchdogPolicy:
         self._budget_noted: set[Cause] = set()
         self._reported = self._state(now)
 
+    def carry_counters(self, old: WatchdogPolicy) -> None:
+        """Continue the cumulative counts of the policy this one replaces (a reload): they are
+        Prometheus counters and never go back. Budgets, backoff and ``gave_up`` start afresh."""
+        self._restarts_total = dict(old._restarts_total)
+        self._remediations = dict(old._remediations)
+        self._restart_failures = old._restart_failures
+        self._busy_total = old._busy_total
+
     # -- inputs ---------------------------------------------------------------------------
 
     def observe(self, signal: Signal, now: float) -> Decision:

@@ -200,6 +200,12 @@ class Watchdog:
         self._mark_read_at = float("-inf")
         self._mark_problem: str | None = None
 
+    def carry_over(self, old: Watchdog) -> None:
+        """Take over from the watchdog this one replaces on a reload (no action running in it):
+        its counters and the time of its last restart go on."""
+        self.policy.carry_counters(old.policy)
+        self._last_restart_wall = old._last_restart_wall
+
     # -- inputs ---------------------------------------------------------------------------
 
     def observe(self, signal: Signal) -> Decision:
