@@ -201,15 +201,12 @@ class RunnerProcess:
             self.process.wait(timeout)
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Unload: terminate, then kill if it lingers; always reaped."""
+        """Unload: SIGKILL and reap, as Ollama's ``llmServer.Close`` does (``Process.Kill``,
+        then wait): a runner gets no SIGTERM grace, so a stopped or wedged one goes at once."""
         self.expected_exit = True
         if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+            self.process.kill()
+            self.process.wait(timeout)
         if self.pump is not None:
             self.pump.join(timeout)
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):

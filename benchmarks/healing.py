@@ -1,0 +1,271 @@
+"""The remediation ladder against a plain server restart (issue 15's benchmark; run on demand).
+
+Same wedge, same models, both paths in one run, interleaved: the simulator with real llama.cpp
+``llama-server`` runners for two tiny models (A and B, both loaded), under the demo's supervisor
+(systemd's ``Restart=always``; the restart command kills the simulator by its pid file, so a
+restart is a real one: every stream cut, every model cold-loaded again). The watchdog probes
+liveness every 500 ms and A deeply every second (3 s timeout, ``failure_threshold`` 2) and follows
+the simulator's log. Two steady clients stream generations, one against A and one against B,
+from before the wedge until after recovery. The wedge: A's runner is SIGSTOPped.
+
+Measured per trial:
+
+* time to recovery: SIGSTOP to the first passing deep probe after it (the watchdog's
+  ``ollama_probe_success{probe="generate"}`` back to 1) with A loaded again in a new runner;
+* of which detection (SIGSTOP to the watchdog's decision, from its log event) and mending
+  (decision to recovery);
+* client requests broken, per client: ``cut`` (a stream answered 200 that then failed or ended
+  without ``done``: in flight when it broke) and ``refused`` (failed before an answer began:
+  connection refused, an error status); a client pauses 0.5 s before its next request.
+
+Paths: ``ladder`` (``[healing] ladder = true``: unload A, then kill its runner, then restart) and
+``restart`` (``ladder = false``: the server restart of before). Reported: per trial, and the
+median per path.
+
+    python benchmarks/healing.py [--trials 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.daemon import DaemonProcess, quick_config  # noqa: E402
+from support.llama import llama_server_path  # noqa: E402
+from support.tools import free_port  # noqa: E402
+
+from ollama_watchdog.commands.demo import SimulatorSupervisor  # noqa: E402
+from ollama_watchdog.simulator.llamamodel import params_for_size, write_llama_gguf  # noqa: E402
+
+A = "tiny-a:latest"
+B = "tiny-b:latest"
+#: a stream of the steady clients must show its next chunk within this, else it is broken
+CLIENT_TIMEOUT = 30.0
+RECOVERY_LIMIT = 120.0
+
+
+class Client(threading.Thread):
+    """Streams generations against one model back to back; counts the broken ones."""
+
+    def __init__(self, url: str, model: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.model = model
+        self.stop = threading.Event()
+        self.ok = 0
+        #: streams that were answered (200) and then failed or ended without done: cut
+        self.cut = 0
+        #: requests that failed before an answer began (refused, an error status)
+        self.refused = 0
+
+    def run(self) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            body = {"model": self.model, "prompt": "tell me more", "keep_alive": "1h",
+                    "options": {"num_predict": 24}}
+            done = answered = False
+            try:
+                with session.post(self.url + "/api/generate", json=body, stream=True,
+                                  timeout=(5, CLIENT_TIMEOUT)) as r:
+                    answered = r.status_code == 200
+                    if answered:
+                        for line in r.iter_lines():
+                            if line and json.loads(line).get("done"):
+                                done = True
+            except (requests.RequestException, ValueError):
+                done = False
+            if done:
+                self.ok += 1
+                continue
+            if answered:
+                self.cut += 1
+            else:
+                self.refused += 1
+            time.sleep(0.5)  # a client's retry pause
+
+
+def control(sup: SimulatorSupervisor) -> list[dict[str, Any]]:
+    r = requests.get(f"http://{sup.control}/runners", timeout=5)
+    r.raise_for_status()
+    return list(r.json()["runners"])
+
+
+def runner_pid(sup: SimulatorSupervisor, model: str) -> int | None:
+    try:
+        live = [r for r in control(sup) if r["model"] == model and r["alive"]]
+    except (requests.RequestException, ValueError, KeyError):
+        return None
+    return int(live[0]["pid"]) if live else None
+
+
+def wait(pred: Any, what: str, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def decided_at(stderr: str) -> float:
+    """Wall time of the watchdog's first decision to act (its log event's timestamp)."""
+    for line in stderr.splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and ev.get("event") in ("remediation_decided",
+                                                        "restart_decided"):
+            stamp = str(ev["timestamp"]).replace("Z", "+00:00")
+            return datetime.datetime.fromisoformat(stamp).timestamp()
+    raise RuntimeError("no decision in the watchdog's log")
+
+
+def trial(tmp: Path, llama: Path, models: dict[str, Path], ladder: bool) -> dict[str, Any]:
+    work = tmp / "sup"
+    work.mkdir(parents=True)
+    args = [a for name, path in models.items() for a in ("--model", f"{name}={path}")]
+    sup = SimulatorSupervisor(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", work,
+                              ("--llama-server", str(llama), *args, "--tokens", "8"))
+    url = f"http://{sup.listen}"
+    cfg = quick_config(
+        url,
+        tmp,
+        ollama={"unit": "", "models_dir": str(sup.simdir / "models"), "timeout": "2s"},
+        logs={"source": "file", "path": str(sup.logfile)},
+        probe={"interval": "500ms", "deep_model": A, "deep_interval": "1s",
+               "deep_timeout": "3s"},
+        watchdog={
+            "enabled": True,
+            "failure_threshold": 2,
+            "startup_grace": "2s",
+            "backoff_initial": "1s",
+            "restart_window": "10m",
+            "restart_command": ["sh", "-c", f'kill -TERM "$(cat {sup.pidfile})"'],
+            "restart_timeout": "10s",
+        },
+        healing={"ladder": ladder, "unload_timeout": "15s", "kill_timeout": "5s"},
+    )
+    sup.start(ready_timeout=30.0)
+    clients: list[Client] = []
+    try:
+        wait(sup.readyfile.exists, "the simulator", 30)
+        for model in (A, B):
+            requests.post(url + "/api/generate", timeout=60, json={
+                "model": model, "prompt": "load", "stream": False, "keep_alive": "1h",
+                "options": {"num_predict": 2}}).raise_for_status()
+        with DaemonProcess(cfg, tmp) as d:
+            wait(lambda: d.value("ollama_probe_success", probe="generate") == 1.0
+                 and d.value("ollama_watchdog_state", state="healthy") == 1.0,
+                 "a healthy watchdog", 60, 0.2)
+            clients = [Client(url, A), Client(url, B)]
+            for c in clients:
+                c.start()
+            time.sleep(3)  # steady traffic before the wedge
+            before = {c.model: (c.ok, c.cut, c.refused) for c in clients}
+            server = int(sup.pidfile.read_text())
+            a_pid = runner_pid(sup, A)
+            assert a_pid is not None
+            t0, t0_wall = time.monotonic(), time.time()
+            os.kill(a_pid, signal.SIGSTOP)
+            # the probe gauge stays 1 until the first deep probe times out: see it fall first
+            wait(lambda: d.value("ollama_probe_success", probe="generate") == 0.0,
+                 "the deep probe failing", RECOVERY_LIMIT)
+
+            def recovered() -> bool:
+                if d.value("ollama_probe_success", probe="generate") != 1.0:
+                    return False
+                pid = runner_pid(sup, A)
+                return pid is not None and pid != a_pid
+
+            wait(recovered, "recovery", RECOVERY_LIMIT)
+            ttr = time.monotonic() - t0
+            time.sleep(3)  # the clients see the recovered server
+            for c in clients:
+                c.stop.set()
+            for c in clients:
+                c.join(CLIENT_TIMEOUT + 10)
+            cut = {c.model: c.cut - before[c.model][1] for c in clients}
+            refused = {c.model: c.refused - before[c.model][2] for c in clients}
+            ok = {c.model: c.ok - before[c.model][0] for c in clients}
+            metrics = d.metrics()
+            actions = {
+                dict(labels)["action"]: v for (name, labels), v in metrics.items()
+                if name == "ollama_watchdog_remediations_total" and v
+            }
+            restarted = int(sup.pidfile.read_text()) != server
+            decided = decided_at(d.stderr()) - t0_wall
+    finally:
+        for c in clients:
+            c.stop.set()
+        sup.stop()
+        with contextlib.suppress(ProcessLookupError, UnboundLocalError, TypeError):
+            os.kill(a_pid, signal.SIGCONT)
+    return {"path": "ladder" if ladder else "restart", "ttr_s": round(ttr, 2),
+            "detect_s": round(decided, 2), "mend_s": round(ttr - decided, 2),
+            "cut": cut, "refused": refused, "completed": ok, "actions": actions,
+            "server_restarted": restarted}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3)
+    opts = parser.parse_args()
+    llama = llama_server_path()
+    if llama is None:
+        print("llama-server not built: run scripts/build-llama-server.sh", file=sys.stderr)
+        return 2
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        n_embd, n_layer, n_ff = params_for_size(600 * 1024)
+        models = {}
+        for seed, name in enumerate((A, B)):
+            models[name] = tmp / f"{name.split(':')[0]}.gguf"
+            write_llama_gguf(models[name], n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
+        for i in range(opts.trials):
+            for ladder in (True, False):  # interleaved: the machine's load hits both alike
+                r = trial(tmp / f"t{i}-{int(ladder)}", llama, models, ladder)
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    summary: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                               f"Python {platform.python_version()}",
+                               "load": os.getloadavg()[0]}
+    for path in ("ladder", "restart"):
+        rs = [r for r in results if r["path"] == path]
+        summary[path] = {
+            "ttr_median_s": statistics.median(r["ttr_s"] for r in rs),
+            "detect_median_s": statistics.median(r["detect_s"] for r in rs),
+            "mend_median_s": statistics.median(r["mend_s"] for r in rs),
+            "cut_median": {m: statistics.median(r["cut"][m] for r in rs) for m in (A, B)},
+            "refused_median": {m: statistics.median(r["refused"][m] for r in rs)
+                               for m in (A, B)},
+        }
+    summary["ratio"] = round(summary["ladder"]["ttr_median_s"]
+                             / summary["restart"]["ttr_median_s"], 2)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
