@@ -52,7 +52,11 @@ from support.llama import llama_server_path  # noqa: E402
 from support.tools import free_port  # noqa: E402
 
 from ollama_watchdog.commands.demo import SimulatorSupervisor  # noqa: E402
-from ollama_watchdog.simulator.llamamodel import params_for_size, write_llama_gguf  # noqa: E402
+from ollama_watchdog.simulator.llamamodel import (  # noqa: E402
+    params_for_size,
+    parse_size,
+    write_llama_gguf,
+)
 
 A = "tiny-a:latest"
 B = "tiny-b:latest"
@@ -230,6 +234,9 @@ def trial(tmp: Path, llama: Path, models: dict[str, Path], ladder: bool) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--size", type=parse_size, default=600 * 1024,
+                        help="each model's size (600K, 1G: powers of 1024); a restart reloads "
+                        "every model, so larger models widen the gap")  # fmt: skip
     opts = parser.parse_args()
     llama = llama_server_path()
     if llama is None:
@@ -238,7 +245,7 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        n_embd, n_layer, n_ff = params_for_size(600 * 1024)
+        n_embd, n_layer, n_ff = params_for_size(opts.size)
         models = {}
         for seed, name in enumerate((A, B)):
             models[name] = tmp / f"{name.split(':')[0]}.gguf"
