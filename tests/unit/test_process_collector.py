@@ -362,6 +362,41 @@ def test_gpu_memory_of_the_instance_is_its_server_its_runners_and_runners_left_b
     assert value(reg, "ollama_gpu_other_memory_bytes", gpu="0") == gib + 5 * gib + gib
 
 
+LISTENER = """\
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(600)
+"""
+
+
+def test_without_a_unit_the_server_listening_on_the_urls_port_is_this_instances(
+    standins: StandIns, models_dir: Path, tmp_path: Path
+) -> None:
+    """Two ``ollama serve`` on one host and no systemd unit (``[ollama] unit = ""``): each
+    watchdog picks the server listening on its own ``[ollama] url`` port, not the oldest."""
+    script = tmp_path / "listen" / "ollama"
+    script.parent.mkdir()
+    script.write_text(LISTENER)
+    ports: list[int] = []
+    pids: list[int] = []
+    for _ in range(2):
+        proc = standins._start([str(script), "serve"], {})
+        ports.append(int(_lines(proc, 1)[0]))
+        pids.append(proc.pid)
+        standins.expose(proc.pid)
+    older, younger = pids
+    for port, want in ((ports[1], younger), (ports[0], older), (None, older)):
+        c = ProcessCollector(models_dir, procfs=standins.procfs, listen_port=port)
+        snap = c.scan()
+        assert snap.server is not None and snap.server.pid == want, (port, want)
+    nobody = ProcessCollector(models_dir, procfs=standins.procfs, listen_port=1)
+    server = nobody.scan().server
+    assert server is not None and server.pid == older  # none listens there: the oldest
+
+
 def test_real_procfs_scan_finds_the_standins(standins: StandIns, models_dir: Path) -> None:
     server, runners, _ = standins.server(["llama-server", "runner"])
     lone = standins.lone_runner()
