@@ -28,12 +28,17 @@ import structlog
 from prometheus_client import CollectorRegistry
 from support.nvml import FakeGpu, FakeNvml
 from support.registry import registry_of
+from support.sim import SimulatorProcess
 from support.wait import wait_until
 
+from ollama_watchdog.collectors.api import ApiCollector
+from ollama_watchdog.collectors.evidence import EvidenceCollector
 from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
+from ollama_watchdog.ollama.api import OllamaClient
 from ollama_watchdog.ollama.processes import classify_argv
 from ollama_watchdog.procgroup import stop_process_group
+from ollama_watchdog.signals import Signal, SignalKind
 
 MIB = 1024 * 1024
 ALLOC_MIB = 48
@@ -395,6 +400,44 @@ def test_without_a_unit_the_server_listening_on_the_urls_port_is_this_instances(
     nobody = ProcessCollector(models_dir, procfs=standins.procfs, listen_port=1)
     server = nobody.scan().server
     assert server is not None and server.pid == older  # none listens there: the oldest
+
+
+def test_vram_not_released_is_right_when_one_of_two_gpus_is_freed_and_the_other_not(
+    standins: StandIns, models_dir: Path, simulator: SimulatorProcess
+) -> None:
+    """A runner spread over two (faked) GPUs, then the model unloaded (``/api/ps`` of a real
+    simulator lists none): the ``vram_held`` evidence counts what is left on either GPU, so
+    GPU 0 freed and GPU 1 not is still memory held; both freed is not."""
+    server, runners, _ = standins.server(["llama-server"])
+    gib = 1024**3
+    gpu0 = FakeGpu(uuid="GPU-a", procs=[(runners[0], 3 * gib), (os.getpid(), gib)])
+    gpu1 = FakeGpu(uuid="GPU-b", procs=[(runners[0], 3 * gib), (server, gib // 2)])
+    process = ProcessCollector(models_dir, procfs=standins.procfs, main_pid=lambda: server)
+    gpus = GpuCollector(process.ollama_pids, nvml=FakeNvml([gpu0, gpu1]))
+    api = ApiCollector(OllamaClient(simulator.url, 5.0), emit=lambda s: None)
+    evidence = EvidenceCollector(lambda s: None, process=process, api=api, gpu=gpus,
+                                 models_dir=models_dir)
+
+    def held() -> Signal:
+        process.collect()
+        api.collect()
+        gpus.collect()
+        (sig,) = [s for s in evidence.signals() if s.kind == SignalKind.VRAM_HELD]
+        return sig
+
+    try:
+        first = held()  # the runner still on both GPUs with nothing in /api/ps
+        assert not first.ok and first.count == 6 * gib + gib // 2
+        gpu0.procs = [(os.getpid(), gib)]  # GPU 0 freed; GPU 1 keeps its runner and the server's
+        one = held()
+        assert not one.ok and one.count == 3 * gib + gib // 2
+        gpu1.procs = [(server, gib // 2)]  # the runner gone from both: the server's 512 MiB
+        assert not held().ok
+        gpu1.procs = []
+        both = held()
+        assert both.ok and both.count == 0  # another user's 1 GiB on GPU 0 is not Ollama's
+    finally:
+        gpus.stop()
 
 
 def test_real_procfs_scan_finds_the_standins(standins: StandIns, models_dir: Path) -> None:
