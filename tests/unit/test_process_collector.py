@@ -28,12 +28,17 @@ import structlog
 from prometheus_client import CollectorRegistry
 from support.nvml import FakeGpu, FakeNvml
 from support.registry import registry_of
+from support.sim import SimulatorProcess
 from support.wait import wait_until
 
+from ollama_watchdog.collectors.api import ApiCollector
+from ollama_watchdog.collectors.evidence import EvidenceCollector
 from ollama_watchdog.collectors.gpu import GpuCollector
 from ollama_watchdog.collectors.process import ProcessCollector, SystemdMainPid
+from ollama_watchdog.ollama.api import OllamaClient
 from ollama_watchdog.ollama.processes import classify_argv
 from ollama_watchdog.procgroup import stop_process_group
+from ollama_watchdog.signals import Signal, SignalKind
 
 MIB = 1024 * 1024
 ALLOC_MIB = 48
@@ -360,6 +365,79 @@ def test_gpu_memory_of_the_instance_is_its_server_its_runners_and_runners_left_b
         gpus.stop()
     assert value(reg, "ollama_gpu_ollama_memory_bytes", gpu="0") == gib // 2 + 3 * gib + 2 * gib
     assert value(reg, "ollama_gpu_other_memory_bytes", gpu="0") == gib + 5 * gib + gib
+
+
+LISTENER = """\
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(600)
+"""
+
+
+def test_without_a_unit_the_server_listening_on_the_urls_port_is_this_instances(
+    standins: StandIns, models_dir: Path, tmp_path: Path
+) -> None:
+    """Two ``ollama serve`` on one host and no systemd unit (``[ollama] unit = ""``): each
+    watchdog picks the server listening on its own ``[ollama] url`` port, not the oldest."""
+    script = tmp_path / "listen" / "ollama"
+    script.parent.mkdir()
+    script.write_text(LISTENER)
+    ports: list[int] = []
+    pids: list[int] = []
+    for _ in range(2):
+        proc = standins._start([str(script), "serve"], {})
+        ports.append(int(_lines(proc, 1)[0]))
+        pids.append(proc.pid)
+        standins.expose(proc.pid)
+    older, younger = pids
+    for port, want in ((ports[1], younger), (ports[0], older), (None, older)):
+        c = ProcessCollector(models_dir, procfs=standins.procfs, listen_port=port)
+        snap = c.scan()
+        assert snap.server is not None and snap.server.pid == want, (port, want)
+    nobody = ProcessCollector(models_dir, procfs=standins.procfs, listen_port=1)
+    server = nobody.scan().server
+    assert server is not None and server.pid == older  # none listens there: the oldest
+
+
+def test_vram_not_released_is_right_when_one_of_two_gpus_is_freed_and_the_other_not(
+    standins: StandIns, models_dir: Path, simulator: SimulatorProcess
+) -> None:
+    """A runner spread over two (faked) GPUs, then the model unloaded (``/api/ps`` of a real
+    simulator lists none): the ``vram_held`` evidence counts what is left on either GPU, so
+    GPU 0 freed and GPU 1 not is still memory held; both freed is not."""
+    server, runners, _ = standins.server(["llama-server"])
+    gib = 1024**3
+    gpu0 = FakeGpu(uuid="GPU-a", procs=[(runners[0], 3 * gib), (os.getpid(), gib)])
+    gpu1 = FakeGpu(uuid="GPU-b", procs=[(runners[0], 3 * gib), (server, gib // 2)])
+    process = ProcessCollector(models_dir, procfs=standins.procfs, main_pid=lambda: server)
+    gpus = GpuCollector(process.ollama_pids, nvml=FakeNvml([gpu0, gpu1]))
+    api = ApiCollector(OllamaClient(simulator.url, 5.0), emit=lambda s: None)
+    evidence = EvidenceCollector(lambda s: None, process=process, api=api, gpu=gpus,
+                                 models_dir=models_dir)
+
+    def held() -> Signal:
+        process.collect()
+        api.collect()
+        gpus.collect()
+        (sig,) = [s for s in evidence.signals() if s.kind == SignalKind.VRAM_HELD]
+        return sig
+
+    try:
+        first = held()  # the runner still on both GPUs with nothing in /api/ps
+        assert not first.ok and first.count == 6 * gib + gib // 2
+        gpu0.procs = [(os.getpid(), gib)]  # GPU 0 freed; GPU 1 keeps its runner and the server's
+        one = held()
+        assert not one.ok and one.count == 3 * gib + gib // 2
+        gpu1.procs = [(server, gib // 2)]  # the runner gone from both: the server's 512 MiB
+        assert not held().ok
+        gpu1.procs = []
+        both = held()
+        assert both.ok and both.count == 0  # another user's 1 GiB on GPU 0 is not Ollama's
+    finally:
+        gpus.stop()
 
 
 def test_real_procfs_scan_finds_the_standins(standins: StandIns, models_dir: Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 from ollama_watchdog.collectors.api import ApiCollector
 from ollama_watchdog.collectors.base import (
@@ -103,7 +104,9 @@ def _api(ctx: Context) -> Collector:
 def _process(ctx: Context) -> Collector:
     cfg = ctx.config
     main_pid = SystemdMainPid(cfg.ollama.unit) if cfg.ollama.unit else None
-    return ProcessCollector(cfg.ollama.models_dir, main_pid=main_pid)
+    url = urlsplit(cfg.ollama.url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return ProcessCollector(cfg.ollama.models_dir, main_pid=main_pid, listen_port=port)
 
 
 def _gpu(ctx: Context) -> Collector:

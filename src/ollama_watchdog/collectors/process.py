@@ -252,6 +252,8 @@ class ProcessCollector:
     for command lines (per-process details go through psutil, which reads
     ``psutil.PROCFS_PATH``; a daemon reading a host's /proc mounted elsewhere sets both).
     ``main_pid`` returns the systemd unit's MainPID or None (see :class:`SystemdMainPid`).
+    ``listen_port`` is the port of ``[ollama] url``: without a unit, and with several
+    ``ollama serve`` on the host, the one listening on it is this instance's server.
     """
 
     name = "process"
@@ -262,12 +264,15 @@ class ProcessCollector:
         *,
         procfs: Path = Path("/proc"),
         main_pid: Callable[[], int | None] | None = None,
+        listen_port: int | None = None,
         dir_size_max_age: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models_dir = models_dir
         self._procfs = procfs
         self._main_pid = main_pid
+        self._listen_port = listen_port
+        self._listen_denied_logged = False
         self._cpu = _CpuAccount()
         self._dir_size = _DirSizeCache(models_dir, max_age=dir_size_max_age, clock=clock)
         self._snapshot: ProcessSnapshot | None = None
@@ -404,7 +409,9 @@ class ProcessCollector:
 
         A wrapper such as ``sudo ollama serve`` matches the rule too and is the parent of the
         real server, so parents of other candidates are dropped first. With a unit configured,
-        its MainPID (or the candidate it is an ancestor of) wins; otherwise the oldest remains.
+        its MainPID (or the candidate it is an ancestor of) wins; otherwise, with several left,
+        the one listening on ``[ollama] url``'s port (one watchdog per instance without
+        systemd); otherwise the oldest remains.
         """
         parents = {s.ppid for s in servers}
         leaves = [s for s in servers if s.pid not in parents] or servers
@@ -416,7 +423,35 @@ class ProcessCollector:
             main = self._read(_Candidate(main_pid, "server"))
             if main is not None:
                 return main  # systemd knows best even when the argv does not look like Ollama
+        if self._listen_port is not None and len(leaves) > 1:
+            for s in sorted(leaves, key=lambda s: (s.start_time, s.pid)):
+                if self._listens(s.pid, self._listen_port):
+                    return s
         return min(leaves, key=lambda s: (s.start_time, s.pid), default=None)
+
+    def _listens(self, pid: int, port: int) -> bool:
+        """Whether process ``pid`` holds a TCP socket listening on ``port``.
+
+        Reading another user's sockets needs that user or CAP_SYS_PTRACE; denied, it is logged
+        once (with the fix: set ``[ollama] unit``) and the oldest server is taken as before.
+        """
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.AccessDenied:
+            if not self._listen_denied_logged:
+                self._listen_denied_logged = True
+                log.warning(
+                    "process_sockets_denied",
+                    pid=pid,
+                    hint="several ollama serve run here: set [ollama] unit so this "
+                    "watchdog finds its own server, or run it as the ollama user",
+                )
+            return False
+        except psutil.Error:
+            return False
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns
+        )
 
     def _filesystem(self) -> tuple[int | None, int | None]:
         """(bytes free for Ollama, file system size) of the models dir, or Nones."""
