@@ -175,7 +175,7 @@ REGISTRY: Final[tuple[Registration, ...]] = (
         enabled=_always,
         interval=lambda c: c.probe.interval,
         timeout=lambda c: 10.0,
-        settings=lambda c: (c.ollama.models_dir, c.ollama.unit),
+        settings=lambda c: (c.ollama.models_dir, c.ollama.unit, c.ollama.url),
     ),
     Registration(
         "gpu",
