@@ -52,6 +52,7 @@ from ollama_watchdog.config import Config, ConfigError, LogSource, load_config
 from ollama_watchdog.exporter.agent import HaproxyAgent
 from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotBoard, WebAuth
 from ollama_watchdog.healing.actions import RemedyActions, RestartAction
+from ollama_watchdog.healing.fleet import FleetView
 from ollama_watchdog.healing.readiness import STARTING, Readiness, readiness
 from ollama_watchdog.healing.watchdog import Watchdog
 from ollama_watchdog.ollama.api import OllamaClient
@@ -277,6 +278,7 @@ class Daemon:
             dry_run=self.dry_run,
         )
         unit_state = SystemdUnitState(config.ollama.unit) if config.ollama.unit else None
+        fleet = FleetView.from_config(config)
 
         def unit_stopped() -> str | None:
             state = unit_state() if unit_state is not None else None
@@ -295,6 +297,9 @@ class Daemon:
             progress_known=config.logs.source != LogSource.NONE,
             busy_lookback=config.probe.deep_timeout,
             on_finished=self._probe_now,
+            fleet=fleet,
+            max_unavailable=config.fleet.max_unavailable,
+            drain_timeout=config.fleet.drain_timeout if fleet is not None else None,
         )
 
     def _server_pid(self) -> int | None:
@@ -522,6 +527,7 @@ class Daemon:
             or new.ollama != old.ollama
             or new.probe.deep_timeout != old.probe.deep_timeout
             or new.logs != old.logs
+            or new.fleet != old.fleet
         )
 
     def _swap_watchdog(self) -> None:
