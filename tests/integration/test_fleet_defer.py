@@ -1,0 +1,153 @@
+"""The fleet budget end to end for one watchdog: a real Prometheus, the real Watchdog and its
+worker thread, a real restart command (a script that leaves a mark).
+
+The other host of the fleet is a tiny ``http.server`` serving ``ollama_watchdog_state`` in the
+state the test sets; Prometheus scrapes it every second. The watchdog under test sees its
+liveness probe fail: while the other host is out it defers (state ``deferred``, the event with
+the host out, the deferral counted, the command never run), and acts once the other host is
+healthy again; with Prometheus stopped it acts alone and says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from support.prometheus import PrometheusProcess
+from support.tools import require_tool
+from support.wait import wait_until
+
+from ollama_watchdog.config import WatchdogConfig
+from ollama_watchdog.healing.fleet import FleetView
+from ollama_watchdog.healing.policy import Cause, State
+from ollama_watchdog.healing.watchdog import Watchdog
+from ollama_watchdog.signals import Signal, SignalKind
+
+pytestmark = pytest.mark.integration
+
+JOB = "ollama-watchdog"
+STATES = [s.value for s in State]
+
+
+class OtherHost:
+    """Another watchdog's /metrics, reduced to its state family."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                body = "".join(
+                    f'ollama_watchdog_state{{state="{s}"}} {1 if s == host.state else 0}\n'
+                    for s in STATES
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def instance(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def other() -> Iterator[OtherHost]:
+    host = OtherHost("restarting")
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, other: OtherHost) -> Iterator[PrometheusProcess]:
+    require_tool("prometheus")
+    prom = PrometheusProcess(tmp_path / "prom", [other.instance], job=JOB)
+    prom.start()
+    yield prom
+    prom.stop()
+
+
+def make_watchdog(tmp_path: Path, url: str) -> tuple[Watchdog, Path]:
+    mark = tmp_path / "restarted"
+    config = WatchdogConfig(
+        startup_grace=0.0,
+        failure_threshold=2,
+        backoff_initial=60.0,
+        restart_command=("sh", "-c", f'echo x >> "{mark}"'),
+        restart_timeout=10.0,
+    )
+    fleet = FleetView(url, f'job="{JOB}"', "this-host:9778", timeout=2.0)
+    watchdog = Watchdog(config, fleet=fleet, max_unavailable=1, retry_delay=(0.2, 0.5))
+    return watchdog, mark
+
+
+def fail(watchdog: Watchdog) -> State:
+    watchdog.observe(Signal(SignalKind.LIVENESS, False, "refused", "connection refused"))  # type: ignore[arg-type]
+    watchdog.tick()
+    return watchdog.snapshot().state
+
+
+def counter(watchdog: Watchdog, name: str) -> float:
+    for family in watchdog.collect():
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError(f"no family {name}")
+
+
+def test_defers_while_another_host_is_out_then_acts(
+    tmp_path: Path, prometheus: PrometheusProcess, other: OtherHost
+) -> None:
+    prometheus.wait(
+        lambda: prometheus.result('ollama_watchdog_state{state="restarting"} == 1'),
+        "the other host restarting",
+    )
+    watchdog, mark = make_watchdog(tmp_path, prometheus.url)
+    with structlog.testing.capture_logs() as logs:
+        wait_until(lambda: fail(watchdog) is State.DEFERRED, timeout=30.0, what="a deferral")
+        deferred = [e for e in logs if e["event"] == "remediation_deferred"]
+        assert deferred and deferred[0]["hosts_out"] == [other.instance]
+        assert not mark.exists()
+        assert counter(watchdog, "ollama_watchdog_deferrals") >= 1
+        assert watchdog.snapshot().restarts_total[Cause.LIVENESS] == 0
+        other.state = "healthy"
+        wait_until(
+            lambda: (fail(watchdog), mark.exists())[1], timeout=60.0,
+            what="the restart once the other host is back",
+        )
+    assert watchdog.wait_for_restart(10.0)
+    assert mark.read_text().count("x") == 1
+    assert counter(watchdog, "ollama_watchdog_fleet_unreachable") == 0
+
+
+def test_prometheus_unreachable_acts_alone_and_says_so(
+    tmp_path: Path, prometheus: PrometheusProcess
+) -> None:
+    url = prometheus.url
+    prometheus.stop()
+    watchdog, mark = make_watchdog(tmp_path, url)
+    with structlog.testing.capture_logs() as logs:
+        wait_until(lambda: (fail(watchdog), mark.exists())[1], timeout=30.0, what="a restart")
+        assert watchdog.wait_for_restart(10.0)
+    alone: list[dict[str, Any]] = [
+        e for e in logs if e["event"] == "fleet_unreachable_acting_alone"
+    ]
+    assert alone and alone[0]["action"] == "restart_server" and alone[0]["error"]
+    assert counter(watchdog, "ollama_watchdog_fleet_unreachable") == 1
+    assert counter(watchdog, "ollama_watchdog_deferrals") == 0
