@@ -94,7 +94,9 @@ def make_watchdog(tmp_path: Path, url: str) -> tuple[Watchdog, Path]:
         restart_timeout=10.0,
     )
     fleet = FleetView(url, f'job="{JOB}"', "this-host:9778", timeout=2.0)
-    watchdog = Watchdog(config, fleet=fleet, max_unavailable=1, retry_delay=(0.2, 0.5))
+    watchdog = Watchdog(
+        config, fleet=fleet, max_unavailable=1, retry_delay=(0.2, 0.5), ask_jitter=(0.0, 0.2)
+    )
     return watchdog, mark
 
 

@@ -17,8 +17,11 @@ FleetView`, the action's worker thread first asks Prometheus how many OTHER host
 ``max_unavailable`` or more nothing is done: the policy is told (``action_deferred``, state
 ``deferred``, nothing spent), ``remediation_deferred`` is logged with the hosts out, and it is
 asked again after a random delay of ``retry_delay`` (5-15 s: two hosts that deferred each other
-do not retry in step). Prometheus not answering within ``query_timeout``: the host acts alone
-(``fleet_unreachable_acting_alone``), availability of healing over strictness.
+do not retry in step). Before each question it waits a random ``ask_jitter`` (0-2 s) while
+already showing itself out, which makes two hosts acting on one instant's view rarer (it
+cannot rule them out: Prometheus's view is a scrape interval old). Prometheus not answering
+within ``query_timeout``: the host acts alone (``fleet_unreachable_acting_alone``), availability
+of healing over strictness.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ REMEDIATION_SERIES: Final = (
 _MARK_EVERY: Final = 1.0
 #: a deferred action is asked about again after a random delay in this range (seconds)
 RETRY_DELAY: Final = (5.0, 15.0)
+#: before asking, the worker waits a random delay in this range (seconds): meanwhile this host
+#: already shows itself out, so of two hosts that decided in the same instant the later asker
+#: is likely to see the earlier one
+ASK_JITTER: Final = (0.0, 2.0)
 
 
 def policy_metrics(
@@ -210,6 +217,7 @@ class Watchdog:
         max_unavailable: int = 1,
         drain_timeout: float | None = None,
         retry_delay: tuple[float, float] = RETRY_DELAY,
+        ask_jitter: tuple[float, float] = ASK_JITTER,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -222,6 +230,7 @@ class Watchdog:
         self.fleet = fleet
         self._max_unavailable = max_unavailable
         self._retry_delay = retry_delay
+        self._ask_jitter = ask_jitter
         self._random = random.Random()
         # written by the worker thread only (an int: read whole by collect)
         self._fleet_unreachable = 0
@@ -409,6 +418,7 @@ class Watchdog:
         fleet = self.fleet
         if fleet is None:
             return None
+        time.sleep(self._random.uniform(*self._ask_jitter))
         answer = fleet.ask()
         if answer is None:
             self._fleet_unreachable += 1
