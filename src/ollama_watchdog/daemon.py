@@ -505,6 +505,9 @@ class Daemon:
                 new = replace(
                     new, fleet=replace(new.fleet, agent_listen=self.config.fleet.agent_listen)
                 )
+            view = FleetView.from_config(new)  # a password file that cannot be read: refused
+            if view is not None:
+                view.close()
         except ConfigError as exc:
             self.reload_ok = False
             log.error("reload_failed", error=str(exc), kept="previous configuration")
