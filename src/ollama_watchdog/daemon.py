@@ -300,6 +300,7 @@ class Daemon:
             fleet=fleet,
             max_unavailable=config.fleet.max_unavailable,
             drain_timeout=config.fleet.drain_timeout if fleet is not None else None,
+            settle=config.fleet.settle,
         )
 
     def _server_pid(self) -> int | None:

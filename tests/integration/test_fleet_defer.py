@@ -5,7 +5,9 @@ The other host of the fleet is a tiny ``http.server`` serving ``ollama_watchdog_
 state the test sets; Prometheus scrapes it every second. The watchdog under test sees its
 liveness probe fail: while the other host is out it defers (state ``deferred``, the event with
 the host out, the deferral counted, the command never run), and acts once the other host is
-healthy again; with Prometheus stopped it acts alone and says so.
+healthy again; with Prometheus stopped it acts alone and says so. Two real Watchdogs whose own
+/metrics Prometheus scrapes, hung in the same instant, restart one after the other (``settle``:
+mark, then check); the test prints their restart spans and the deferrals it took.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 import pytest
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from support.prometheus import PrometheusProcess
-from support.tools import require_tool
+from support.tools import free_port, require_tool
 from support.wait import wait_until
 
 from ollama_watchdog.config import WatchdogConfig
@@ -153,3 +156,87 @@ def test_prometheus_unreachable_acts_alone_and_says_so(
     assert alone and alone[0]["action"] == "restart_server" and alone[0]["error"]
     assert counter(watchdog, "ollama_watchdog_fleet_unreachable") == 1
     assert counter(watchdog, "ollama_watchdog_deferrals") == 0
+
+
+class Exported:
+    """A Watchdog's own families on /metrics, as the daemon's exporter serves them."""
+
+    def __init__(self, watchdog: Watchdog, port: int) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(watchdog)  # type: ignore[arg-type]
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_two_hosts_hung_in_the_same_instant_restart_one_after_the_other(tmp_path: Path) -> None:
+    """Mark, then check: each shows itself restarting for ``settle`` before it asks, so two
+    hosts that decide together see each other, defer, and retry apart; never both at once."""
+    require_tool("prometheus")
+    ports = [free_port(), free_port()]
+    prom = PrometheusProcess(tmp_path / "prom", [f"127.0.0.1:{p}" for p in ports], job=JOB)
+    spans = [tmp_path / f"spans-{i}" for i in range(2)]
+    watchdogs = [
+        Watchdog(
+            WatchdogConfig(
+                startup_grace=0.0, failure_threshold=2, backoff_initial=600.0,
+                restart_command=("sh", "-c", f'date +%s.%N >> "{spans[i]}"; sleep 2; '
+                                 f'date +%s.%N >> "{spans[i]}"'),
+                restart_timeout=30.0,
+            ),
+            fleet=FleetView(prom.url, f'job="{JOB}"', f"127.0.0.1:{ports[i]}"),
+            settle=2.5, ask_jitter=(0.0, 0.5), retry_delay=(1.0, 8.0),
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    servers: list[Exported] = []
+    try:
+        for w, port in zip(watchdogs, ports, strict=True):
+            servers.append(Exported(w, port))
+        prom.start()
+        prom.wait(lambda: len(prom.result("up == 1")) == 2, "both watchdogs scraped")
+
+        def turn() -> bool:
+            done = True
+            for w, span in zip(watchdogs, spans, strict=True):
+                finished = span.exists() and span.read_text().count("\n") >= 2
+                if finished and not w.busy:
+                    w.observe(Signal(SignalKind.LIVENESS, True))
+                else:
+                    fail(w)
+                    done = False
+            return done
+
+        with structlog.testing.capture_logs() as logs:
+            wait_until(turn, timeout=120.0, what="both hosts restarted")
+    finally:
+        prom.stop()
+        for s in servers:
+            s.close()
+    intervals = sorted(tuple(float(x) for x in s.read_text().split()) for s in spans)
+    assert [len(i) for i in intervals] == [2, 2], intervals
+    (_, first_end), (second_start, _) = intervals
+    deferred = [e for e in logs if e["event"] == "remediation_deferred"]
+    print(
+        f"two hosts hung together: restarts at {intervals}, "
+        f"{len(deferred)} deferrals before they went one after the other"
+    )
+    assert first_end <= second_start, f"two restarts overlapped: {intervals}"
+    for w in watchdogs:
+        assert w.snapshot().restarts_total[Cause.LIVENESS] == 1

@@ -17,9 +17,11 @@ FleetView`, the action's worker thread first asks Prometheus how many OTHER host
 ``max_unavailable`` or more nothing is done: the policy is told (``action_deferred``, state
 ``deferred``, nothing spent), ``remediation_deferred`` is logged with the hosts out, and it is
 asked again after a random delay of ``retry_delay`` (5-15 s: two hosts that deferred each other
-do not retry in step). Before each question it waits a random ``ask_jitter`` (0-2 s) while
-already showing itself out, which makes two hosts acting on one instant's view rarer (it
-cannot rule them out: Prometheus's view is a scrape interval old). Prometheus not answering
+do not retry in step). Before each question it waits ``settle`` (``[fleet] settle``) plus a
+random ``ask_jitter`` (0-2 s) while already showing itself out (``restarting``/
+``remediating``): with ``settle`` at least a scrape interval plus an evaluation, two hosts that
+decided in the same instant see each other and both defer, then retry apart (mark, then
+check); with a shorter one they may both act. Prometheus not answering
 within ``query_timeout``: the host acts alone (``fleet_unreachable_acting_alone``), availability
 of healing over strictness.
 """
@@ -218,6 +220,7 @@ class Watchdog:
         drain_timeout: float | None = None,
         retry_delay: tuple[float, float] = RETRY_DELAY,
         ask_jitter: tuple[float, float] = ASK_JITTER,
+        settle: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -231,6 +234,7 @@ class Watchdog:
         self._max_unavailable = max_unavailable
         self._retry_delay = retry_delay
         self._ask_jitter = ask_jitter
+        self._settle = settle
         self._random = random.Random()
         # written by the worker thread only (an int: read whole by collect)
         self._fleet_unreachable = 0
@@ -418,7 +422,7 @@ class Watchdog:
         fleet = self.fleet
         if fleet is None:
             return None
-        time.sleep(self._random.uniform(*self._ask_jitter))
+        time.sleep(self._settle + self._random.uniform(*self._ask_jitter))
         answer = fleet.ask()
         if answer is None:
             self._fleet_unreachable += 1
