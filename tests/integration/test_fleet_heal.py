@@ -8,6 +8,7 @@ does), so the restart intervals come from the commands themselves. The fleet bud
 one after another, never two overlapping; all three end ready, and the client's requests fail
 only while HAProxy routes around a hung host. The output says how many deferrals it took and
 how many times two hosts decided within one second of each other (the eventual view).
+With Prometheus stopped, each host heals alone and says so.
 """
 
 from __future__ import annotations
@@ -194,3 +195,29 @@ def test_all_three_hang_at_once_and_are_restarted_one_after_another(
     for (_, end), (start, _) in pairwise(spans):
         assert end <= start, f"two restarts overlapped: {spans}"
     assert deferrals >= 2  # at least the two that waited
+
+
+def test_with_prometheus_stopped_each_host_heals_alone(
+    fleet: tuple[list[Host], PrometheusProcess],
+) -> None:
+    hosts, prom = fleet
+    prom.stop()
+    for h in hosts:
+        h.sim.set_fault("hang")
+    wait_until(
+        lambda: all(len(h.restarts()) >= 1 for h in hosts)
+        and all(h.ready() == (200, "ready") for h in hosts),
+        "every host restarted alone and ready",
+        timeout=WAIT,
+    )
+    alone = [h.daemon.value("ollama_watchdog_fleet_unreachable_total") or 0.0 for h in hosts]
+    deferred = [
+        h.daemon.value("ollama_watchdog_deferrals_total", action="restart_server",
+                       reason="liveness") or 0.0
+        for h in hosts
+    ]  # fmt: skip
+    print(f"Prometheus stopped: fleet questions unanswered per host {alone}, deferrals {deferred}")
+    assert [len(h.restarts()) for h in hosts] == [1, 1, 1]
+    assert all(n >= 1 for n in alone) and deferred == [0.0, 0.0, 0.0]
+    for h in hosts:
+        assert "fleet_unreachable_acting_alone" in h.daemon.stderr()
