@@ -120,7 +120,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ollama-watchdog: config error: {refusal}", file=sys.stderr)
         return EX_CONFIG
     configure_logging()
-    daemon = Daemon(config, args.config, dry_run=args.dry_run)
+    try:
+        daemon = Daemon(config, args.config, dry_run=args.dry_run)
+    except ConfigError as exc:  # [fleet] prometheus_password_file is read when the view is built
+        print(f"ollama-watchdog: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     try:
         daemon.prepare()
     except ConfigError as exc:  # web_config problems surface when the exporter is built

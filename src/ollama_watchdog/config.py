@@ -168,6 +168,10 @@ class FleetConfig:
     instance: str = ""
     #: how long a planned action waits for requests in flight to finish
     drain_timeout: float = 120.0
+    #: before asking, a host about to act shows itself out this long (at least the watchdog
+    #: job's scrape interval plus a rule evaluation), so that hosts deciding together see
+    #: each other; 0 = ask at once
+    settle: float = 10.0
     #: HAProxy agent-check responder, host:port; "" = off
     agent_listen: str = ""
 
@@ -479,6 +483,7 @@ _PARSERS: dict[tuple[str, str], Callable[[object], Any]] = {
     ("fleet", "selector"): _selector,
     ("fleet", "instance"): _label_value,
     ("fleet", "drain_timeout"): _duration_or_zero,
+    ("fleet", "settle"): _duration_or_zero,
     ("fleet", "agent_listen"): _listen_or_off,
 }
 

@@ -52,6 +52,7 @@ from ollama_watchdog.config import Config, ConfigError, LogSource, load_config
 from ollama_watchdog.exporter.agent import HaproxyAgent
 from ollama_watchdog.exporter.http import CollectorResult, Exporter, SnapshotBoard, WebAuth
 from ollama_watchdog.healing.actions import RemedyActions, RestartAction
+from ollama_watchdog.healing.fleet import FleetView
 from ollama_watchdog.healing.readiness import STARTING, Readiness, readiness
 from ollama_watchdog.healing.watchdog import Watchdog
 from ollama_watchdog.ollama.api import OllamaClient
@@ -286,6 +287,7 @@ class Daemon:
             dry_run=self.dry_run,
         )
         unit_state = SystemdUnitState(config.ollama.unit) if config.ollama.unit else None
+        fleet = FleetView.from_config(config)
 
         def unit_stopped() -> str | None:
             state = unit_state() if unit_state is not None else None
@@ -304,6 +306,10 @@ class Daemon:
             progress_known=config.logs.source != LogSource.NONE,
             busy_lookback=config.probe.deep_timeout,
             on_finished=self._probe_now,
+            fleet=fleet,
+            max_unavailable=config.fleet.max_unavailable,
+            drain_timeout=config.fleet.drain_timeout if fleet is not None else None,
+            settle=config.fleet.settle,
         )
 
     def _server_pid(self) -> int | None:
@@ -536,6 +542,9 @@ class Daemon:
                 new = replace(
                     new, fleet=replace(new.fleet, agent_listen=self.config.fleet.agent_listen)
                 )
+            view = FleetView.from_config(new)  # a password file that cannot be read: refused
+            if view is not None:
+                view.close()
         except ConfigError as exc:
             self.reload_ok = False
             log.error("reload_failed", error=str(exc), kept="previous configuration")
@@ -557,6 +566,7 @@ class Daemon:
             or new.ollama != old.ollama
             or new.probe.deep_timeout != old.probe.deep_timeout
             or new.logs != old.logs
+            or new.fleet != old.fleet
         )
 
     def _swap_watchdog(self) -> None:

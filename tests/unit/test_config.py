@@ -326,3 +326,24 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 def test_sections_have_defaults() -> None:
     assert WatchdogConfig().max_restarts == 5
+
+
+def test_cli_exits_78_for_a_fleet_password_file_it_cannot_read(tmp_path: Path, port: int) -> None:
+    missing = tmp_path / "no-such-password"
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        "[fleet]\n"
+        'prometheus_url = "http://127.0.0.1:9"\n'
+        'prometheus_username = "watchdog"\n'
+        f'prometheus_password_file = "{missing}"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ollama_watchdog", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "OLLAMA_WATCHDOG_EXPORTER_LISTEN": f"127.0.0.1:{port}"},
+    )
+    assert proc.returncode == 78, proc.stderr
+    assert proc.stderr.startswith("ollama-watchdog: config error: fleet.prometheus_password_file")
+    assert str(missing) in proc.stderr

@@ -77,6 +77,15 @@ operator can predict what it does:
   backoff, and a failed server restart is counted in ``restart_failures_total``. A dry-run action
   is an action for the policy (the caller counts it apart).
 * While an action runs, observations are ignored: the action decides what happens next.
+* **Deferred by the fleet** (issue 17): the caller may report that a decided action was not
+  carried out because too many other hosts of the fleet are out (``action_deferred``). Then
+  nothing of the decision is spent (budget, backoff, counters are as before it), the state is
+  ``deferred`` while its evidence holds, and nothing is decided before ``retry_after``; after it
+  the next fresh evidence decides again (and the caller asks the fleet again). Evidence gone
+  (the probes pass, the planned cause's evidence ends) ends the deferral.
+* **Drain cap**: ``drain_timeout`` (``[fleet] drain_timeout`` when a fleet is configured) caps
+  ``planned_max_wait``; a planned action's decision says whether the drain finished (nothing in
+  flight) or timed out (``Decision.drain``).
 """
 
 from __future__ import annotations
@@ -147,6 +156,10 @@ EVENT_REMEDIATION_FINISHED: Final = "remediation_finished"
 EVENT_STATE_CHANGED: Final = "watchdog_state_changed"
 EVENT_DRAIN_STARTED: Final = "drain_started"
 EVENT_BUDGET_SPENT: Final = "remediation_budget_spent"
+EVENT_DEFERRED: Final = "remediation_deferred"
+#: ``Decision.drain`` of a planned action: how its drain ended
+DRAIN_FINISHED: Final = "drain_finished"
+DRAIN_TIMEOUT: Final = "drain_timeout"
 
 #: an error text kept by the policy is cut to this many characters (logs, STATUS=)
 _ERROR_LIMIT: Final = 200
@@ -203,6 +216,10 @@ class Decision:
     urgent: bool = True
     #: why now, in words (escalation, waited for idle, acted at the planned-wait cap)
     note: str = ""
+    #: a planned action after a drain: DRAIN_FINISHED or DRAIN_TIMEOUT ("" otherwise)
+    drain: str = ""
+    #: how long that drain lasted, seconds
+    drained_for: float = 0.0
 
     @property
     def restart(self) -> bool:
@@ -246,6 +263,8 @@ class Decision:
             fields["urgent"] = self.urgent
         if self.note:
             fields["note"] = self.note
+        if self.drain:
+            fields["drained_s"] = round(self.drained_for, 3)
         return fields
 
 
@@ -288,6 +307,13 @@ class PolicySnapshot:
     drain_waited: float = 0.0
     #: monotonic time of the latest progress seen, None if none
     last_progress: float | None = None
+    #: actions deferred by the fleet budget, by (action, cause)
+    deferrals_total: Mapping[tuple[Action, Cause], int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    #: the deferred action and cause, and seconds until it may be decided again
+    deferred: tuple[Action, Cause] | None = None
+    deferred_retry_in: float = 0.0
 
     @property
     def consecutive_failures(self) -> int:
@@ -332,6 +358,12 @@ class PolicySnapshot:
             return (
                 f"draining: a planned restart ({self.draining_for}) waits for requests in flight "
                 f"to finish ({human_duration(self.drain_waited)} so far){error}"
+            )
+        if self.state is State.DEFERRED and self.deferred is not None:
+            action, cause = self.deferred
+            return (
+                f"deferred: {str(action).replace('_', ' ')} ({cause}) waits for the fleet, "
+                f"asking again in {human_duration(self.deferred_retry_in)}{error}"
             )
         if self.state is State.BUSY:
             return (
@@ -378,6 +410,18 @@ class _Evidence:
     unit_stopped: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What one action's decision changed, as it was before (for a deferral)."""
+
+    failures: dict[SignalKind, int]
+    healthy_since: float | None
+    backoff: float
+    next_allowed: float
+    drain: tuple[Cause, float] | None
+    last_reason: Cause | None
+
+
 class WatchdogPolicy:
     """The healing policy as a pure state machine; see the module docstring for its rules.
 
@@ -396,9 +440,13 @@ class WatchdogPolicy:
         *,
         progress_known: bool = False,
         busy_lookback: float = 60.0,
+        drain_timeout: float | None = None,
     ) -> None:
         self._cfg = config
         self._heal = healing if healing is not None else HealingConfig()
+        self._max_wait = self._heal.planned_max_wait
+        if drain_timeout is not None:
+            self._max_wait = min(self._max_wait, drain_timeout)
         self._progress_known = progress_known
         self._busy_lookback = busy_lookback
         self._now = now
@@ -435,6 +483,11 @@ class WatchdogPolicy:
         self._maintenance = ""
         self._drain: tuple[Cause, float] | None = None  # planned cause waiting, since
         self._budget_noted: set[Cause] = set()
+        # what the running action's decision changed, to give back if the fleet defers it
+        self._undo: _Undo | None = None
+        self._deferrals: dict[tuple[Action, Cause], int] = {}
+        self._deferred: tuple[Action, Cause] | None = None
+        self._deferred_until = float("-inf")
         self._reported = self._state(now)
 
     def carry_counters(self, old: WatchdogPolicy) -> None:
@@ -509,6 +562,7 @@ class WatchdogPolicy:
             return self._decide(before, now)
         cause = self._running_for or Cause.LIVENESS
         model = self._running_model
+        self._undo = None
         self._running = Action.NONE
         self._running_for = None
         event = EVENT_RESTART_FINISHED if action is Action.RESTART else EVENT_REMEDIATION_FINISHED
@@ -531,6 +585,42 @@ class WatchdogPolicy:
         elif success and action in LADDER:
             self._ladder = LADDER.index(action) + 1
         return self._decide(before, now, event=event, reason=cause)
+
+    def action_deferred(
+        self, action: Action, now: float, retry_after: float, why: str = ""
+    ) -> Decision:
+        """The running action was not carried out: the fleet's budget is at its limit.
+
+        Nothing of its decision is spent; the state is ``deferred`` and nothing is decided
+        for ``retry_after`` seconds (module docstring). ``why`` says which hosts are out.
+        """
+        now, before = self._advance(now)
+        if self._running is Action.NONE or self._undo is None:
+            return self._decide(before, now)
+        cause = self._running_for or Cause.LIVENESS
+        undo, self._undo = self._undo, None
+        spent = self._spent[action]
+        if spent:
+            spent.pop()
+        if action is Action.RESTART:
+            self._restarts_total[cause] -= 1
+        key = (action, cause)
+        self._remediations[key] = self._remediations.get(key, 1) - 1
+        self._failures = dict(undo.failures)
+        self._healthy_since = undo.healthy_since
+        self._backoff[cause] = undo.backoff
+        self._next_allowed[cause] = undo.next_allowed
+        self._drain = undo.drain
+        self._last_reason = undo.last_reason
+        self._running = Action.NONE
+        self._running_for = None
+        self._deferrals[key] = self._deferrals.get(key, 0) + 1
+        self._deferred = key
+        self._deferred_until = now + max(retry_after, 0.0)
+        self._last_error = f"{str(action).replace('_', ' ')} deferred: " + _short(
+            why, "the fleet budget is at its limit"
+        )
+        return self._decide(before, now, event=EVENT_DEFERRED, reason=cause, action=Action.NONE)
 
     def restart_finished(self, success: bool, error: str | None, now: float) -> Decision:
         """The restart action reports back (``action_finished`` for a server restart)."""
@@ -580,6 +670,9 @@ class WatchdogPolicy:
             draining_for=self._drain[0] if self._drain else None,
             drain_waited=now - self._drain[1] if self._drain else 0.0,
             last_progress=self._ev.last_progress,
+            deferrals_total=MappingProxyType(dict(self._deferrals)),
+            deferred=self._deferred if self._deferral_holds() else None,
+            deferred_retry_in=max(self._deferred_until - now, 0.0),
         )
 
     def status_sentence(self, now: float) -> str:
@@ -681,6 +774,19 @@ class WatchdogPolicy:
             spent.popleft()
         return len(spent) < self._limit(action)
 
+    def _deferral_holds(self) -> bool:
+        """A deferral lasts while the evidence of its cause does."""
+        if self._deferred is None:
+            return False
+        cause, ev = self._deferred[1], self._ev
+        if cause is Cause.ORPHAN_RUNNER:
+            return bool(ev.orphans)
+        if cause is Cause.CPU_FALLBACK:
+            return ev.cpu_fallback_since is not None
+        if cause is Cause.VRAM_NOT_RELEASED:
+            return ev.vram_held_since is not None
+        return any(self._failing.values())
+
     def _may_act(self, now: float) -> bool:
         # failures are not counted inside the grace, so the grace test is a second line of
         # defence for the promise "never an action during startup_grace"
@@ -690,6 +796,7 @@ class WatchdogPolicy:
             and not self._held()
             and self._running is Action.NONE
             and now >= self._grace_until
+            and not (self._deferral_holds() and now < self._deferred_until)
         )
 
     def _climb(self, before: State, now: float, note: str = "") -> Decision:
@@ -729,7 +836,18 @@ class WatchdogPolicy:
         procs: tuple[Proc, ...] = (),
         urgent: bool = True,
         note: str = "",
+        drain: str = "",
+        drained_for: float = 0.0,
     ) -> Decision:
+        self._undo = _Undo(
+            failures=dict(self._failures),
+            healthy_since=self._healthy_since,
+            backoff=self._backoff[cause],
+            next_allowed=self._next_allowed[cause],
+            drain=self._drain,
+            last_reason=self._last_reason,
+        )
+        self._deferred = None
         self._spent[action].append(now)
         if action is Action.RESTART:
             initial, ceiling = self._cfg.backoff_initial, self._cfg.backoff_max
@@ -760,6 +878,8 @@ class WatchdogPolicy:
             procs=procs,
             urgent=urgent,
             note=note,
+            drain=drain,
+            drained_for=drained_for,
         )
 
     def _planned_or_nothing(self, before: State, now: float) -> Decision:
@@ -794,11 +914,16 @@ class WatchdogPolicy:
         waited = now - self._drain[1]
         if self._idle(now):
             note = f"nothing in flight after {human_duration(waited)}"
-        elif waited >= heal.planned_max_wait:
+            drain = DRAIN_FINISHED
+        elif waited >= self._max_wait:
             note = f"requests still in flight after {human_duration(waited)}: acting at the cap"
+            drain = DRAIN_TIMEOUT
         else:
             return self._decide(before, now)
-        return self._start(Action.RESTART, cause, before, now, urgent=False, note=note)
+        return self._start(
+            Action.RESTART, cause, before, now, urgent=False, note=note, drain=drain,
+            drained_for=waited,
+        )  # fmt: skip
 
     def _wanted_planned(self, now: float) -> tuple[Cause, str] | None:
         heal, ev = self._heal, self._ev
@@ -840,6 +965,8 @@ class WatchdogPolicy:
             return State.GAVE_UP
         if self._after_restart and not self._answered_since_restart and now < self._grace_until:
             return State.RESTARTING
+        if self._deferral_holds():
+            return State.DEFERRED
         if self._drain is not None:
             return State.DRAINING
         if not any(self._failing.values()):
@@ -860,6 +987,8 @@ class WatchdogPolicy:
         if self._failing[SignalKind.LIVENESS]:
             cause = Cause.LIVENESS
         earliest = max(self._grace_until, self._next_allowed[cause])
+        if self._deferral_holds():
+            earliest = max(earliest, self._deferred_until)
         in_window = self._in_window(Action.RESTART, now)
         if len(in_window) >= self._cfg.max_restarts:
             # the budget frees up when enough old restarts leave the window
@@ -878,7 +1007,11 @@ class WatchdogPolicy:
         procs: tuple[Proc, ...] = (),
         urgent: bool = True,
         note: str = "",
+        drain: str = "",
+        drained_for: float = 0.0,
     ) -> Decision:
+        if self._deferred is not None and not self._deferral_holds():
+            self._deferred = None  # its evidence is gone
         after = self._state(now)
         self._reported = after
         if not event and after is not before:
@@ -898,10 +1031,15 @@ class WatchdogPolicy:
             procs=procs,
             urgent=urgent,
             note=note,
+            drain=drain,
+            drained_for=drained_for,
         )
 
 
 __all__ = [
+    "DRAIN_FINISHED",
+    "DRAIN_TIMEOUT",
+    "EVENT_DEFERRED",
     "LADDER",
     "PLANNED",
     "REMEDIES",

@@ -11,10 +11,24 @@ maintenance on`` takes effect within a second without a restart. It is also the 
 nothing is done; such decisions are counted in ``ollama_watchdog_remediations_skipped_total``,
 never in ``restarts_total`` / ``remediations_total`` (which count what was done), and
 ``ollama_watchdog_dry_run`` is 1.
+
+The fleet budget (issue 17, ``[fleet]``): with a :class:`~ollama_watchdog.healing.fleet.
+FleetView`, the action's worker thread first asks Prometheus how many OTHER hosts are out. At
+``max_unavailable`` or more nothing is done: the policy is told (``action_deferred``, state
+``deferred``, nothing spent), ``remediation_deferred`` is logged with the hosts out, and it is
+asked again after a random delay of ``retry_delay`` (5-15 s: two hosts that deferred each other
+do not retry in step). Before each question it waits ``settle`` (``[fleet] settle``) plus a
+random ``ask_jitter`` (0-2 s) while already showing itself out (``restarting``/
+``remediating``): with ``settle`` at least a scrape interval plus an evaluation, two hosts that
+decided in the same instant see each other and both defer, then retry apart (mark, then
+check); with a shorter one they may both act. Prometheus not answering
+within ``query_timeout``: the host acts alone (``fleet_unreachable_acting_alone``), availability
+of healing over strictness.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,8 +41,11 @@ from prometheus_client.metrics_core import Metric
 
 from ollama_watchdog.config import HealingConfig, WatchdogConfig
 from ollama_watchdog.healing.actions import RemedyActions, RestartAction
+from ollama_watchdog.healing.fleet import FleetView
 from ollama_watchdog.healing.maintenance import Mark, MarkError, read_mark
 from ollama_watchdog.healing.policy import (
+    DRAIN_FINISHED,
+    EVENT_DEFERRED,
     EVENT_GAVE_UP,
     EVENT_REMEDIATION_DECIDED,
     EVENT_RESTART_DECIDED,
@@ -53,6 +70,12 @@ REMEDIATION_SERIES: Final = (
 )
 #: the maintenance mark is read at most this often (seconds)
 _MARK_EVERY: Final = 1.0
+#: a deferred action is asked about again after a random delay in this range (seconds)
+RETRY_DELAY: Final = (5.0, 15.0)
+#: before asking, the worker waits a random delay in this range (seconds): meanwhile this host
+#: already shows itself out, so of two hosts that decided in the same instant the later asker
+#: is likely to see the earlier one
+ASK_JITTER: Final = (0.0, 2.0)
 
 
 def policy_metrics(
@@ -62,6 +85,7 @@ def policy_metrics(
     dry_run: bool = False,
     maintenance_until: float = 0.0,
     last_progress_timestamp: float = 0.0,
+    fleet_unreachable: int = 0,
 ) -> list[Metric]:
     """The "Watchdog itself" families of DESIGN.md from one snapshot.
 
@@ -144,9 +168,24 @@ def policy_metrics(
         "timing line); 0 if not seen (or no log source).",
         value=last_progress_timestamp,
     )
+    deferrals = CounterMetricFamily(
+        "ollama_watchdog_deferrals",
+        "Actions decided but deferred because max_unavailable other hosts of the fleet were "
+        "out, by action and reason.",
+        labels=["action", "reason"],
+    )
+    for action, cause in REMEDIATION_SERIES:
+        deferrals.add_metric(
+            [action.value, cause.value], float(snapshot.deferrals_total.get((action, cause), 0))
+        )
+    unreachable = CounterMetricFamily(
+        "ollama_watchdog_fleet_unreachable",
+        "Fleet budget questions Prometheus did not answer in time (the host acted alone).",
+        value=float(fleet_unreachable),
+    )
     return [
         state, restarts, remediations, skipped_family, failures, last, *consecutive, budget,
-        backoff, busy, dry, maintenance, progress,
+        backoff, busy, dry, maintenance, progress, deferrals, unreachable,
     ]  # fmt: skip
 
 
@@ -176,14 +215,29 @@ class Watchdog:
         progress_known: bool = False,
         busy_lookback: float = 60.0,
         on_finished: Callable[[], None] | None = None,
+        fleet: FleetView | None = None,
+        max_unavailable: int = 1,
+        drain_timeout: float | None = None,
+        retry_delay: tuple[float, float] = RETRY_DELAY,
+        ask_jitter: tuple[float, float] = ASK_JITTER,
+        settle: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self._wall_clock = wall_clock
         self.policy = WatchdogPolicy(
-            config, clock(), healing, progress_known=progress_known, busy_lookback=busy_lookback
-        )
+            config, clock(), healing, progress_known=progress_known,
+            busy_lookback=busy_lookback, drain_timeout=drain_timeout,
+        )  # fmt: skip
+        self.fleet = fleet
+        self._max_unavailable = max_unavailable
+        self._retry_delay = retry_delay
+        self._ask_jitter = ask_jitter
+        self._settle = settle
+        self._random = random.Random()
+        # written by the worker thread only (an int: read whole by collect)
+        self._fleet_unreachable = 0
         self.dry_run = dry_run or (action is not None and action.dry_run)
         self.action = action or RestartAction.from_config(config, dry_run=dry_run)
         self.remedies = remedies
@@ -195,6 +249,8 @@ class Watchdog:
         self._worker: threading.Thread | None = None
         # written by the worker before it ends, read after join: no lock needed
         self._result: tuple[Action, bool, str | None, float] | None = None
+        # the other hosts out when the fleet deferred the action (None: it was not deferred)
+        self._deferred_by: tuple[str, ...] | None = None
         self._running: Action = Action.NONE
         self._mark: Mark | None = None
         self._mark_read_at = float("-inf")
@@ -259,6 +315,7 @@ class Watchdog:
             dry_run=self.dry_run,
             maintenance_until=self._mark.until if self._mark is not None else 0.0,
             last_progress_timestamp=progress,
+            fleet_unreachable=self._fleet_unreachable,
         )
 
     # -- the maintenance mark -------------------------------------------------------------
@@ -306,12 +363,29 @@ class Watchdog:
         if result is None:  # the worker died without a result: count it as a failed action
             result = (self._running, False, "action worker crashed", self._clock())
         action, success, error, finished = result
+        hosts, self._deferred_by = self._deferred_by, None
+        if hosts is not None:
+            retry = self._random.uniform(*self._retry_delay)
+            why = f"{len(hosts)} other hosts out ({', '.join(hosts)})"
+            decision = self.policy.action_deferred(action, finished, retry, why)
+            self._log.warning(
+                EVENT_DEFERRED, **decision.log_fields(), deferred_action=str(action),
+                hosts_out=list(hosts), max_unavailable=self._max_unavailable,
+                retry_in_s=round(retry, 3),
+            )  # fmt: skip
+            return decision
         decision = self._handle(self.policy.action_finished(action, success, error, finished))
         if self._on_finished is not None and self._worker is None:
             self._on_finished()
         return decision
 
     def _handle(self, decision: Decision) -> Decision:
+        if decision.drain:
+            level = "info" if decision.drain == DRAIN_FINISHED else "warning"
+            getattr(self._log, level)(
+                decision.drain, reason=str(decision.reason),
+                drained_s=round(decision.drained_for, 3),
+            )  # fmt: skip
         if decision.event:
             level = {
                 EVENT_RESTART_DECIDED: "warning",
@@ -340,8 +414,32 @@ class Watchdog:
 
     def _run_action(self, decision: Decision) -> None:
         action = decision.action
+        hosts = self._fleet_says_wait(decision)
+        if hosts is not None:
+            self._deferred_by = hosts
+            self._result = (action, False, None, self._clock())
+            return
         success, error = self._carry_out(decision)
         self._result = (action, success, error, self._clock())
+
+    def _fleet_says_wait(self, decision: Decision) -> tuple[str, ...] | None:
+        """On the worker thread: the other hosts out when they fill the fleet's budget, else
+        None (act: budget left, no fleet configured, or Prometheus not answering)."""
+        fleet = self.fleet
+        if fleet is None:
+            return None
+        time.sleep(self._settle + self._random.uniform(*self._ask_jitter))
+        answer = fleet.ask()
+        if answer is None:
+            self._fleet_unreachable += 1
+            self._log.warning(
+                "fleet_unreachable_acting_alone", action=str(decision.action),
+                reason=str(decision.reason), error=fleet.last_error,
+            )  # fmt: skip
+            return None
+        if answer.count >= self._max_unavailable:
+            return answer.others
+        return None
 
     def _carry_out(self, decision: Decision) -> tuple[bool, str | None]:
         action = decision.action
