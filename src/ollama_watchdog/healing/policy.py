@@ -497,6 +497,7 @@ class WatchdogPolicy:
         self._remediations = dict(old._remediations)
         self._restart_failures = old._restart_failures
         self._busy_total = old._busy_total
+        self._deferrals = dict(old._deferrals)
 
     # -- inputs ---------------------------------------------------------------------------
 

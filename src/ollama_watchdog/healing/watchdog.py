@@ -261,6 +261,7 @@ class Watchdog:
         its counters and the time of its last restart go on."""
         self.policy.carry_counters(old.policy)
         self._last_restart_wall = old._last_restart_wall
+        self._fleet_unreachable = old._fleet_unreachable
 
     # -- inputs ---------------------------------------------------------------------------
 
