@@ -103,7 +103,12 @@ def test_stopped_ollama_is_not_started_for_two_minutes(container: Container) -> 
         lambda: restarts(scrape(c)) == restarts_before + 1,
         timeout=180,
     )
-    assert prop(c, OLLAMA_UNIT, "InvocationID") != invocation
+    # counted when decided: the restart itself may still be running
+    wait_for(
+        "a new ollama.service invocation",
+        lambda: prop(c, OLLAMA_UNIT, "InvocationID") != invocation,
+        timeout=180,
+    )
     wait_for("ollama healthy after the restart", lambda: watchdog_healthy(c), 180)
 
 
@@ -189,3 +194,43 @@ def test_maintenance_mark_holds_a_hang_until_it_expires(container: Container) ->
         check=False,
     )
     assert off.returncode == 1, off.stdout
+
+
+def test_a_slow_stop_is_not_fought_while_it_runs(container: Container) -> None:
+    """The server is gone while the unit is still ``deactivating`` (runners still exiting, or
+    a stop hook): the operator's stop is under way, and nothing may restart it meanwhile."""
+    c = container
+    maintenance(c)
+    drop_in = f"/etc/systemd/system/{OLLAMA_UNIT}.d/50-system-test-slow-stop.conf"
+    # after the server has exited, the unit stays deactivating (stop-post) for 15 s
+    c.write_file(drop_in, "[Service]\nExecStopPost=/bin/sleep 15\n")
+    try:
+        c.run(["systemctl", "daemon-reload"])
+        settle(c)
+        before = scrape(c)
+        restarts_before = restarts(before)
+        failures_before = total(before, "ollama_watchdog_restart_failures_total")
+
+        c.run(["systemctl", "stop", "--no-block", OLLAMA_UNIT])
+        wait_for(
+            "the unit to be deactivating",
+            lambda: prop(c, OLLAMA_UNIT, "ActiveState") == "deactivating",
+            30,
+        )
+        polls = 0
+        while prop(c, OLLAMA_UNIT, "ActiveState") == "deactivating":
+            m = scrape(c)
+            assert restarts(m) == restarts_before
+            assert total(m, "ollama_watchdog_restart_failures_total") == failures_before
+            polls += 1
+            time.sleep(1)
+        assert polls >= 5  # the server was down for a while during the stop
+        assert is_active(c, OLLAMA_UNIT) == "inactive"
+        wait_for("the watchdog to show maintenance", lambda: scrape(c).get(MAINTENANCE) == 1, 30)
+        m = scrape(c)
+        assert restarts(m) == restarts_before
+        assert total(m, "ollama_watchdog_restart_failures_total") == failures_before
+    finally:
+        c.run(["rm", "-f", drop_in])
+        c.run(["systemctl", "daemon-reload"])
+    settle(c)

@@ -212,6 +212,10 @@ def test_only_a_loaded_unit_stopped_cleanly_is_an_operators_stop() -> None:
     assert not UnitState("inactive", "dead", "success", "not-found").stopped_on_purpose
     assert not UnitState("failed", "failed", "exit-code", "loaded").stopped_on_purpose
     assert not UnitState("active", "running", "success", "loaded").stopped_on_purpose
+    # a clean stop under way (the server gone, runners exiting or a stop hook running)
+    assert UnitState("deactivating", "stop-post", "success", "loaded").stopped_on_purpose
+    # a crash sets Result before the unit deactivates: not an operator's stop
+    assert not UnitState("deactivating", "stop-sigterm", "signal", "loaded").stopped_on_purpose
 
 
 def test_a_maintenance_mark_is_readable_by_others_and_expires(tmp_path: Path) -> None:

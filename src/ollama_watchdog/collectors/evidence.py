@@ -14,8 +14,9 @@ emits one evidence signal of each kind per round (``signals.EVIDENCE``):
   a runner of this instance, seen for two rounds, that holds no GPU memory at all.
 * ``vram_held``, where NVML sees GPUs: Ollama's processes hold at least ``vram_min_bytes`` of
   GPU memory while ``/api/ps`` lists no model (memory not released after an unload or crash).
-* ``unit``: the Ollama unit is loaded and ``inactive`` after a clean stop (``Result=success``):
-  an operator stopped it on purpose, and nothing may start it again. ``failed`` is not on
+* ``unit``: the Ollama unit is loaded and ``inactive`` after a clean stop (``Result=success``),
+  or still ``deactivating`` in such a stop: an operator stopped it on purpose, and nothing may
+  start it again. ``failed`` is not on
   purpose, and neither is a unit systemd does not know (``LoadState=not-found``).
 
 It exports no families of its own (its success and duration are recorded like every
@@ -61,7 +62,15 @@ class UnitState:
 
     @property
     def stopped_on_purpose(self) -> bool:
-        return self.load == "loaded" and self.active == "inactive" and self.result == "success"
+        """Inactive after a clean stop, or ``deactivating`` with no failure: a stop someone
+        asked for is under way (the server may be gone while runners exit or a stop hook runs,
+        for up to ``TimeoutStopSec``), and a restart then would undo it. A crash is not: it
+        sets ``Result`` (``signal``, ``exit-code``) before the unit deactivates."""
+        return (
+            self.load == "loaded"
+            and self.active in {"inactive", "deactivating"}
+            and self.result == "success"
+        )
 
     def text(self) -> str:
         return f"{self.active}/{self.sub}, result {self.result}"
