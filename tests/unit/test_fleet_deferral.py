@@ -52,14 +52,16 @@ def test_a_deferred_restart_spends_nothing_and_is_decided_again_after_retry() ->
     assert snap.deferred == (Action.RESTART, Cause.LIVENESS)
     assert "gpu2:9778" in (snap.last_error or "")
     assert snap.status_sentence().startswith("deferred: restart server (liveness)")
-    assert before.restarts_total[Cause.LIVENESS] == 1
+    # counted when carried out, never when decided: nothing to take back, no counter goes down
+    assert before.restarts_total[Cause.LIVENESS] == 0
     # no action before retry_after, whatever the probes say
     for t in (4.0, 6.0, 12.0):
         d = p.observe(live(False), t)
         assert d.action is Action.NONE and d.state_after is State.DEFERRED
     d = p.observe(live(False), 13.5)
     assert d.action is Action.RESTART
-    assert p.snapshot(13.5).restarts_total[Cause.LIVENESS] == 1
+    p.action_finished(Action.RESTART, True, None, 14.0)
+    assert p.snapshot(14.0).restarts_total[Cause.LIVENESS] == 1
 
 
 def test_evidence_gone_while_deferred_is_healthy() -> None:
@@ -147,7 +149,7 @@ def test_invariants_of_deferral(script: list[tuple[str, float, float]]) -> None:
     t = 0.0
     running = Action.NONE
     until = float("-inf")
-    kept = 0  # restarts decided and not deferred
+    kept = 0  # restarts carried out
     for kind, gap, retry in script:
         t += gap
         if kind == "live_fail":
@@ -163,19 +165,34 @@ def test_invariants_of_deferral(script: list[tuple[str, float, float]]) -> None:
             continue
         elif kind == "defer":
             d = p.action_deferred(running, t, retry, HOSTS)
-            kept -= 1
             running = Action.NONE
             until = t + retry
             assert d.state_after is State.DEFERRED
         else:
+            if running is Action.RESTART:
+                kept += 1
             d = p.action_finished(running, True, None, t)
             running = Action.NONE
         if d.remediation:
             assert running is Action.NONE
             assert t >= until, "an action while deferred"
             running = d.action
-            kept += 1
         snap = p.snapshot(t)
         assert sum(snap.restarts_total.values()) == kept
         assert snap.restart_budget_remaining == max(WD.max_restarts - snap.restarts_in_window, 0)
         assert sum(snap.deferrals_total.values()) >= 0
+
+
+def test_a_restart_refused_at_the_last_check_is_neither_counted_nor_spent() -> None:
+    # the operator's stop began between the decision and the restart: nothing ran
+    p = policy()
+    p.observe(live(False), 1.0)
+    assert p.observe(live(False), 2.0).action is Action.RESTART
+    d = p.action_refused(Action.RESTART, 3.0, "ollama.service was stopped on purpose")
+    assert d.action is Action.NONE
+    snap = p.snapshot(3.0)
+    assert snap.restarts_total[Cause.LIVENESS] == 0
+    assert snap.remediations_total.get((Action.RESTART, Cause.LIVENESS), 0) == 0
+    assert snap.restart_failures_total == 0
+    assert snap.restart_budget_remaining == WD.max_restarts
+    assert "stopped on purpose" in (snap.last_error or "")

@@ -46,7 +46,8 @@ def test_a_wedged_runner_is_unloaded_then_killed_then_the_server_restarted() -> 
     assert d.action is Action.KILL_RUNNER
     d = p.action_finished(Action.KILL_RUNNER, False, "no runner found", 11.0)
     assert d.action is Action.RESTART
-    assert p.snapshot(11.0).restarts_total[Cause.DEEP_PROBE] == 1
+    p.action_finished(Action.RESTART, True, None, 12.0)
+    assert p.snapshot(12.0).restarts_total[Cause.DEEP_PROBE] == 1
 
 
 def test_a_rung_that_worked_is_followed_by_the_next_only_if_the_wedge_returns() -> None:

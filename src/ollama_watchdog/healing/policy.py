@@ -566,6 +566,11 @@ class WatchdogPolicy:
         self._undo = None
         self._running = Action.NONE
         self._running_for = None
+        # counted once carried out (not when decided: a deferred or refused action never ran,
+        # and a counter must never be taken back)
+        if action is Action.RESTART:
+            self._restarts_total[cause] += 1
+        self._remediations[(action, cause)] = self._remediations.get((action, cause), 0) + 1
         event = EVENT_RESTART_FINISHED if action is Action.RESTART else EVENT_REMEDIATION_FINISHED
         what = "restart" if action is Action.RESTART else str(action).replace("_", " ")
         if not success:
@@ -596,17 +601,38 @@ class WatchdogPolicy:
         for ``retry_after`` seconds (module docstring). ``why`` says which hosts are out.
         """
         now, before = self._advance(now)
-        if self._running is Action.NONE or self._undo is None:
+        key = self._take_back(action)
+        if key is None:
             return self._decide(before, now)
+        self._deferrals[key] = self._deferrals.get(key, 0) + 1
+        self._deferred = key
+        self._deferred_until = now + max(retry_after, 0.0)
+        self._last_error = f"{str(action).replace('_', ' ')} deferred: " + _short(
+            why, "the fleet budget is at its limit"
+        )
+        return self._decide(before, now, event=EVENT_DEFERRED, reason=key[1], action=Action.NONE)
+
+    def action_refused(self, action: Action, now: float, why: str) -> Decision:
+        """The running action was not carried out: the last check before it found the unit
+        stopped on purpose (an operator's stop that began after the decision). Nothing of the
+        decision is spent or counted; the unit's evidence then holds everything."""
+        now, before = self._advance(now)
+        if self._take_back(action) is not None:
+            self._last_error = f"{str(action).replace('_', ' ')} not carried out: " + _short(
+                why, "the unit was stopped on purpose"
+            )
+        return self._decide(before, now)
+
+    def _take_back(self, action: Action) -> tuple[Action, Cause] | None:
+        """Undo the decision of the running action that was not carried out: its budget,
+        backoff, failure counts and drain as they were. None when nothing was running."""
+        if self._running is Action.NONE or self._undo is None:
+            return None
         cause = self._running_for or Cause.LIVENESS
         undo, self._undo = self._undo, None
         spent = self._spent[action]
         if spent:
             spent.pop()
-        if action is Action.RESTART:
-            self._restarts_total[cause] -= 1
-        key = (action, cause)
-        self._remediations[key] = self._remediations.get(key, 1) - 1
         self._failures = dict(undo.failures)
         self._healthy_since = undo.healthy_since
         self._backoff[cause] = undo.backoff
@@ -615,13 +641,7 @@ class WatchdogPolicy:
         self._last_reason = undo.last_reason
         self._running = Action.NONE
         self._running_for = None
-        self._deferrals[key] = self._deferrals.get(key, 0) + 1
-        self._deferred = key
-        self._deferred_until = now + max(retry_after, 0.0)
-        self._last_error = f"{str(action).replace('_', ' ')} deferred: " + _short(
-            why, "the fleet budget is at its limit"
-        )
-        return self._decide(before, now, event=EVENT_DEFERRED, reason=cause, action=Action.NONE)
+        return (action, cause)
 
     def restart_finished(self, success: bool, error: str | None, now: float) -> Decision:
         """The restart action reports back (``action_finished`` for a server restart)."""
@@ -854,15 +874,12 @@ class WatchdogPolicy:
             initial, ceiling = self._cfg.backoff_initial, self._cfg.backoff_max
             current = self._backoff[cause]
             self._backoff[cause] = initial if current <= 0 else min(current * 2, ceiling)
-            self._restarts_total[cause] += 1
             self._failures = dict.fromkeys(_PROBE_KINDS, 0)
             self._healthy_since = None
         elif action is not Action.KILL_ORPHANS:
             self._failures[SignalKind.DEEP_PROBE] = 0
         if cause in PLANNED:
             self._next_allowed[cause] = now + self._heal.cause_cooldown
-        key = (action, cause)
-        self._remediations[key] = self._remediations.get(key, 0) + 1
         self._running = action
         self._running_for = cause
         self._running_model = model

@@ -238,6 +238,8 @@ class Watchdog:
         self._random = random.Random()
         # written by the worker thread only (an int: read whole by collect)
         self._fleet_unreachable = 0
+        #: set by the worker when the last check before a restart found the unit stopped
+        self._refused: str | None = None
         self.dry_run = dry_run or (action is not None and action.dry_run)
         self.action = action or RestartAction.from_config(config, dry_run=dry_run)
         self.remedies = remedies
@@ -365,6 +367,10 @@ class Watchdog:
             result = (self._running, False, "action worker crashed", self._clock())
         action, success, error, finished = result
         hosts, self._deferred_by = self._deferred_by, None
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            self._log.warning("restart_refused", unit_stopped=refused)
+            return self.policy.action_refused(action, finished, refused)
         if hosts is not None:
             retry = self._random.uniform(*self._retry_delay)
             why = f"{len(hosts)} other hosts out ({', '.join(hosts)})"
@@ -449,6 +455,7 @@ class Watchdog:
                 # the last word before starting anything: never start what an operator stopped
                 stopped = self._unit_stopped()
                 if stopped:
+                    self._refused = stopped
                     return False, f"not restarted: {stopped}"
             outcome = self.action.run()
             return outcome.success, outcome.error
