@@ -22,7 +22,12 @@ Paths: ``ladder`` (``[healing] ladder = true``: unload A, then kill its runner, 
 ``restart`` (``ladder = false``: the server restart of before). Reported: per trial, and the
 median per path.
 
-    python benchmarks/healing.py [--trials 3]
+    python benchmarks/healing.py [--trials 3] [--models 2] [--size 600K] [--gpu-layers N]
+
+``--models N``: N models loaded and in use (A plus N-1 others, one client each): a restart
+cold-loads every one of them again, one after another (Ollama's scheduler, and the
+simulator's, load one model at a time), the ladder only A. ``--gpu-layers`` offloads to a GPU
+(a CUDA build of llama-server); ``--deep-timeout`` is the deep probe's timeout.
 """
 
 from __future__ import annotations
@@ -59,10 +64,17 @@ from ollama_watchdog.simulator.llamamodel import (  # noqa: E402
 )
 
 A = "tiny-a:latest"
-B = "tiny-b:latest"
+
+
+def model_names(n: int) -> list[str]:
+    """A, B, then tiny-c, tiny-d, ...: A is the one wedged."""
+    return [f"tiny-{chr(ord('a') + i)}:latest" for i in range(n)]
+
 #: a stream of the steady clients must show its next chunk within this, else it is broken
 CLIENT_TIMEOUT = 30.0
 RECOVERY_LIMIT = 120.0
+#: the default; 2 s had the watchdog restart a server that was still starting, again and again
+STARTUP_GRACE = 30.0
 
 
 class Client(threading.Thread):
@@ -145,10 +157,20 @@ def decided_at(stderr: str) -> float:
     raise RuntimeError("no decision in the watchdog's log")
 
 
-def trial(tmp: Path, llama: Path, models: dict[str, Path], ladder: bool) -> dict[str, Any]:
+def trial(
+    tmp: Path,
+    llama: Path,
+    models: dict[str, Path],
+    ladder: bool,
+    gpu_layers: int | None = None,
+    deep_timeout: str = "3s",
+    keep: Path | None = None,
+) -> dict[str, Any]:
     work = tmp / "sup"
     work.mkdir(parents=True)
     args = [a for name, path in models.items() for a in ("--model", f"{name}={path}")]
+    if gpu_layers is not None:
+        args += ["--gpu-layers", str(gpu_layers)]
     sup = SimulatorSupervisor(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", work,
                               ("--llama-server", str(llama), *args, "--tokens", "8"))
     url = f"http://{sup.listen}"
@@ -158,11 +180,11 @@ def trial(tmp: Path, llama: Path, models: dict[str, Path], ladder: bool) -> dict
         ollama={"unit": "", "models_dir": str(sup.simdir / "models"), "timeout": "2s"},
         logs={"source": "file", "path": str(sup.logfile)},
         probe={"interval": "500ms", "deep_model": A, "deep_interval": "1s",
-               "deep_timeout": "3s"},
+               "deep_timeout": deep_timeout},
         watchdog={
             "enabled": True,
             "failure_threshold": 2,
-            "startup_grace": "2s",
+            "startup_grace": f"{STARTUP_GRACE:g}s",
             "backoff_initial": "1s",
             "restart_window": "10m",
             "restart_command": ["sh", "-c", f'kill -TERM "$(cat {sup.pidfile})"'],
@@ -174,18 +196,22 @@ def trial(tmp: Path, llama: Path, models: dict[str, Path], ladder: bool) -> dict
     clients: list[Client] = []
     try:
         wait(sup.readyfile.exists, "the simulator", 30)
-        for model in (A, B):
+        for model in models:
             requests.post(url + "/api/generate", timeout=60, json={
                 "model": model, "prompt": "load", "stream": False, "keep_alive": "1h",
                 "options": {"num_predict": 2}}).raise_for_status()
+        started = time.monotonic()
         with DaemonProcess(cfg, tmp) as d:
             wait(lambda: d.value("ollama_probe_success", probe="generate") == 1.0
                  and d.value("ollama_watchdog_state", state="healthy") == 1.0,
                  "a healthy watchdog", 60, 0.2)
-            clients = [Client(url, A), Client(url, B)]
+            clients = [Client(url, m) for m in models]
             for c in clients:
                 c.start()
             time.sleep(3)  # steady traffic before the wedge
+            # the start-up grace (30 s, counted from the watchdog's start) must be over, or
+            # detection measures the grace, not the probes
+            time.sleep(max(0.0, STARTUP_GRACE + 1.0 - (time.monotonic() - started)))
             before = {c.model: (c.ok, c.cut, c.refused) for c in clients}
             server = int(sup.pidfile.read_text())
             a_pid = runner_pid(sup, A)
@@ -219,6 +245,12 @@ def trial(tmp: Path, llama: Path, models: dict[str, Path], ladder: bool) -> dict
             }
             restarted = int(sup.pidfile.read_text()) != server
             decided = decided_at(d.stderr()) - t0_wall
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                path = "ladder" if ladder else "restart"
+                (keep / f"{tmp.name}-{path}-watchdog.log").write_text(d.stderr())
+                (keep / f"{tmp.name}-{path}-ollama.log").write_bytes(sup.logfile.read_bytes())
+                (keep / f"{tmp.name}-{path}-wedge.txt").write_text(f"{t0_wall}\n")
     finally:
         for c in clients:
             c.stop.set()
@@ -237,6 +269,12 @@ def main() -> int:
     parser.add_argument("--size", type=parse_size, default=600 * 1024,
                         help="each model's size (600K, 1G: powers of 1024); a restart reloads "
                         "every model, so larger models widen the gap")  # fmt: skip
+    parser.add_argument("--models", type=int, default=2, help="models loaded and in use (>= 2)")
+    parser.add_argument("--gpu-layers", type=int, default=None,
+                        help="layers to offload (a CUDA llama-server; 999: all)")  # fmt: skip
+    parser.add_argument("--deep-timeout", default="3s", help="the deep probe's timeout")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="copy each trial's watchdog and simulator logs here")  # fmt: skip
     opts = parser.parse_args()
     llama = llama_server_path()
     if llama is None:
@@ -247,26 +285,32 @@ def main() -> int:
         tmp = Path(tmpdir)
         n_embd, n_layer, n_ff = params_for_size(opts.size)
         models = {}
-        for seed, name in enumerate((A, B)):
+        names = model_names(max(2, opts.models))
+        for seed, name in enumerate(names):
             models[name] = tmp / f"{name.split(':')[0]}.gguf"
             write_llama_gguf(models[name], n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
         for i in range(opts.trials):
             for ladder in (True, False):  # interleaved: the machine's load hits both alike
-                r = trial(tmp / f"t{i}-{int(ladder)}", llama, models, ladder)
+                r = trial(tmp / f"t{i}-{int(ladder)}", llama, models, ladder,
+                          opts.gpu_layers, opts.deep_timeout, opts.keep_logs)  # fmt: skip
                 print(json.dumps(r), flush=True)
                 results.append(r)
     summary: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                f"Python {platform.python_version()}",
-                               "load": os.getloadavg()[0]}
+                               "load": os.getloadavg()[0], "models": len(names),
+                               "size": opts.size, "gpu_layers": opts.gpu_layers,
+                               "deep_timeout": opts.deep_timeout}
     for path in ("ladder", "restart"):
         rs = [r for r in results if r["path"] == path]
         summary[path] = {
             "ttr_median_s": statistics.median(r["ttr_s"] for r in rs),
             "detect_median_s": statistics.median(r["detect_s"] for r in rs),
             "mend_median_s": statistics.median(r["mend_s"] for r in rs),
-            "cut_median": {m: statistics.median(r["cut"][m] for r in rs) for m in (A, B)},
+            "cut_median": {m: statistics.median(r["cut"][m] for r in rs) for m in names},
             "refused_median": {m: statistics.median(r["refused"][m] for r in rs)
-                               for m in (A, B)},
+                               for m in names},
+            "others_broken_median": statistics.median(
+                sum(r["cut"][m] + r["refused"][m] for m in names[1:]) for r in rs),
         }
     summary["ratio"] = round(summary["ladder"]["ttr_median_s"]
                              / summary["restart"]["ttr_median_s"], 2)
