@@ -65,11 +65,7 @@ class Host:
     spans: Path
 
     def ready(self) -> tuple[int, str]:
-        try:
-            r = requests.get(self.daemon.url + "/ready", timeout=10)
-        except requests.RequestException:
-            return 0, "unreachable"
-        return r.status_code, r.text.strip()
+        return ready(self.daemon)
 
     def restarts(self) -> list[tuple[float, float]]:
         if not self.spans.exists():
