@@ -111,6 +111,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             lambda: (
                 has("ollama:http_request_duration_seconds:p50_rate5m > 0")
                 and has("rate(ollama_log_generated_tokens_total[1m]) > 0")
+                # its own rule group, evaluated on its own clock
+                and has("ollama:inference_requests_errors:ratio_rate5m")
             ),
             "seeing the traffic",
         )
