@@ -47,8 +47,13 @@ class SignalKind(enum.StrEnum):
     CPU_FALLBACK = "cpu_fallback"
     #: evidence: Ollama holds GPU memory with no model loaded (``count``: bytes; ok: it does not)
     VRAM_HELD = "vram_held"
-    #: evidence: the Ollama unit's state (ok: not stopped on purpose; ``detail``: the state)
+    #: evidence: the Ollama unit's state (ok: not stopped on purpose; ``detail``: the state,
+    #: ``ActiveState/SubState, result Result``)
     UNIT = "unit"
+
+
+#: how the ``detail`` of a UNIT signal begins while the unit is stopping
+UNIT_DEACTIVATING: Final = "deactivating/"
 
 
 @dataclass(frozen=True, slots=True)

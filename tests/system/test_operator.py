@@ -2,8 +2,8 @@
 
 The container of this module (``container`` fixture: bookworm systemd, no network, the shipped
 units, the simulator as ``ollama serve``) runs the watchdog with the short probe settings of
-``stack.WatchdogSettings``. Two things are shown against real systemd, each with its contrast,
-so that neither can pass by a watchdog that never acts:
+``stack.WatchdogSettings``. Three things are shown against real systemd, each with its contrast,
+so that none can pass by a watchdog that never acts:
 
 * ``systemctl stop ollama`` is an operator's stop: for two minutes the watchdog shows
   ``maintenance`` and nothing starts Ollama; after ``systemctl start`` a hang in the same setup
@@ -11,6 +11,9 @@ so that neither can pass by a watchdog that never acts:
 * ``ollama-watchdog maintenance on --for 40s`` (as an operator runs it, with the service's
   config, so the same ``state_dir``): a hang is left alone while the mark holds, and healed once
   it expires.
+* A slow stop (``ExecStopPost`` keeps the unit ``deactivating`` for 15 s): an operator's is not
+  fought while it runs; the watchdog's own restart of a hang goes through the same slow stop and
+  is no operator's stop (never ``maintenance``).
 
 What is asserted is what an operator sees: ``systemctl is-active``, the unit's invocation id and
 ``STATUS=``, the watchdog's ``/metrics``, the simulator's fault.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 from nspawn import Container
@@ -196,6 +200,20 @@ def test_maintenance_mark_holds_a_hang_until_it_expires(container: Container) ->
     assert off.returncode == 1, off.stdout
 
 
+def while_deactivating(
+    c: Container, what: str, timeout: float, check: Callable[[dict[str, float]], None]
+) -> None:
+    """Wait for the Ollama unit to be ``deactivating``, then ``check`` the watchdog's metrics
+    once a second for as long as it stays so: at least 5 s (the server is gone meanwhile)."""
+    wait_for(what, lambda: prop(c, OLLAMA_UNIT, "ActiveState") == "deactivating", timeout)
+    polls = 0
+    while prop(c, OLLAMA_UNIT, "ActiveState") == "deactivating":
+        check(scrape(c))
+        polls += 1
+        time.sleep(1)
+    assert polls >= 5
+
+
 def test_a_slow_stop_is_not_fought_while_it_runs(container: Container) -> None:
     """The server is gone while the unit is still ``deactivating`` (runners still exiting, or
     a stop hook): the operator's stop is under way, and nothing may restart it meanwhile."""
@@ -211,25 +229,35 @@ def test_a_slow_stop_is_not_fought_while_it_runs(container: Container) -> None:
         restarts_before = restarts(before)
         failures_before = total(before, "ollama_watchdog_restart_failures_total")
 
-        c.run(["systemctl", "stop", "--no-block", OLLAMA_UNIT])
-        wait_for(
-            "the unit to be deactivating",
-            lambda: prop(c, OLLAMA_UNIT, "ActiveState") == "deactivating",
-            30,
-        )
-        polls = 0
-        while prop(c, OLLAMA_UNIT, "ActiveState") == "deactivating":
-            m = scrape(c)
+        def nothing_started(m: dict[str, float]) -> None:
             assert restarts(m) == restarts_before
             assert total(m, "ollama_watchdog_restart_failures_total") == failures_before
-            polls += 1
-            time.sleep(1)
-        assert polls >= 5  # the server was down for a while during the stop
+
+        c.run(["systemctl", "stop", "--no-block", OLLAMA_UNIT])
+        while_deactivating(c, "the unit to be deactivating", 30, nothing_started)
         assert is_active(c, OLLAMA_UNIT) == "inactive"
         wait_for("the watchdog to show maintenance", lambda: scrape(c).get(MAINTENANCE) == 1, 30)
         m = scrape(c)
         assert restarts(m) == restarts_before
         assert total(m, "ollama_watchdog_restart_failures_total") == failures_before
+
+        # Contrast: the watchdog's own restart of a hung Ollama stops the unit the same slow
+        # way (systemctl restart stops first). That is no operator's stop: never maintenance.
+        c.run(["systemctl", "start", OLLAMA_UNIT], timeout=120)
+        wait_for("the watchdog to see ollama healthy again", lambda: watchdog_healthy(c), 120)
+        cursor = c.journal_cursor()
+        set_fault(c, "hang")
+        def no_maintenance(m: dict[str, float]) -> None:
+            assert m.get(MAINTENANCE) != 1, {k: v for k, v in m.items() if "state" in k}
+
+        while_deactivating(c, "the watchdog's restart to stop the unit", 120, no_maintenance)
+        wait_for("ollama healthy after the restart", lambda: watchdog_healthy(c), 120)
+        assert restarts(scrape(c)) == restarts_before + 1
+        events = [json.loads(line) for line in
+                  c.journal_messages(unit=WATCHDOG_UNIT, since_cursor=cursor).splitlines()
+                  if line.startswith("{")]
+        assert "restart_finished" in [e.get("event") for e in events]
+        assert "maintenance" not in [e.get("state") for e in events]
     finally:
         c.run(["rm", "-f", drop_in])
         c.run(["systemctl", "daemon-reload"])

@@ -112,6 +112,28 @@ def test_maintenance_and_an_operator_stop_hold_every_action() -> None:
     assert q.snapshot(10.0).state is State.MAINTENANCE
 
 
+def test_our_own_restart_stopping_the_unit_is_no_operators_stop() -> None:
+    stopping = Signal(SignalKind.UNIT, False, detail="deactivating/stop-sigterm, result success")
+    p = policy()
+    p.observe(Signal(SignalKind.LIVENESS, False, "refused"), 1.0)
+    assert p.observe(Signal(SignalKind.LIVENESS, False, "refused"), 2.0).restart
+    # systemctl restart: the unit deactivates first, then starts
+    assert p.observe(stopping, 2.5).state_after is State.RESTARTING
+    p.action_finished(Action.RESTART, True, None, 3.0)
+    # a signal taken before the restart returned, read after: still ours (no grace here)
+    assert p.observe(stopping, 3.2).state_after is State.DEGRADED
+    assert p.snapshot(3.2).maintenance_reason == ""
+    assert p.observe(live_ok(), 4.0).state_after is State.HEALTHY
+    # an operator's stop: once the new server has answered, or when the unit is inactive
+    assert p.observe(stopping, 5.0).state_after is State.MAINTENANCE
+    q = policy()
+    q.observe(Signal(SignalKind.LIVENESS, False, "refused"), 1.0)
+    assert q.observe(Signal(SignalKind.LIVENESS, False, "refused"), 2.0).restart
+    q.action_finished(Action.RESTART, True, None, 3.0)
+    stopped = Signal(SignalKind.UNIT, False, detail="inactive/dead, result success")
+    assert q.observe(stopped, 3.5).state_after is State.MAINTENANCE
+
+
 def test_orphans_are_killed_after_their_grace() -> None:
     p = policy(orphan_grace=30.0)
     orphan = Proc(99, 5.0)

@@ -99,7 +99,14 @@ from typing import Final
 
 from ollama_watchdog.config import HealingConfig, WatchdogConfig, human_duration
 from ollama_watchdog.oneline import one_line
-from ollama_watchdog.signals import EVIDENCE, KINDS, Proc, Signal, SignalKind
+from ollama_watchdog.signals import (
+    EVIDENCE,
+    KINDS,
+    UNIT_DEACTIVATING,
+    Proc,
+    Signal,
+    SignalKind,
+)
 
 
 class State(enum.StrEnum):
@@ -721,9 +728,20 @@ class WatchdogPolicy:
             ev.vram_held_since = _since(ev.vram_held_since, signal.ok, now)
             ev.vram_held_detail = signal.detail
         elif kind is SignalKind.UNIT:
+            if not signal.ok and self._own_restart_stopping(signal.detail):
+                return
             was = self._held()
             ev.unit_stopped = "" if signal.ok else (signal.detail or "stopped")
             self._hold_changed(was, now)
+
+    def _own_restart_stopping(self, detail: str) -> bool:
+        """The unit is ``deactivating`` because of our own restart (``systemctl restart``
+        stops before it starts), while it runs or until the new server first answers: no
+        operator's stop. An ``inactive`` unit then is one (a stop replaced our job)."""
+        ours = self._running is Action.RESTART or (
+            self._after_restart and not self._answered_since_restart
+        )
+        return ours and detail.startswith(UNIT_DEACTIVATING)
 
     def _hold_changed(self, was: str, now: float) -> None:
         """A hold (maintenance, operator stop) began or ended: a planned wait is dropped, and
