@@ -22,7 +22,6 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from support.prometheus import (
     shorten_timers,
 )
 from support.sim import SimulatorProcess
+from support.stub import QuietHandler, StubServer
 from support.tools import require_tool
 from support.wait import wait_until
 
@@ -133,29 +133,17 @@ class Webhook:
 def webhook() -> Iterator[Webhook]:
     hook = Webhook("")
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length))
             with hook.lock:
                 hook.received.append((self.path, body))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(200, b"")
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
+    with StubServer(Handler) as server:
+        hook.url = server.url
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def am_config_for(hook: Webhook) -> dict[str, Any]:

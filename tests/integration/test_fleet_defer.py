@@ -12,9 +12,7 @@ mark, then check); the test prints their restart spans and the deferrals it took
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import pytest
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from support.prometheus import PrometheusProcess
+from support.stub import FakeWatchdog, QuietHandler, StubServer
 from support.tools import free_port, require_tool
 from support.wait import wait_until
 
@@ -34,52 +33,17 @@ from ollama_watchdog.signals import Signal, SignalKind
 pytestmark = pytest.mark.integration
 
 JOB = "ollama-watchdog"
-STATES = [s.value for s in State]
-
-
-class OtherHost:
-    """Another watchdog's /metrics, reduced to its state family."""
-
-    def __init__(self, state: str) -> None:
-        self.state = state
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                body = "".join(
-                    f'ollama_watchdog_state{{state="{s}"}} {1 if s == host.state else 0}\n'
-                    for s in STATES
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def instance(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
-def other() -> Iterator[OtherHost]:
-    host = OtherHost("restarting")
+def other() -> Iterator[FakeWatchdog]:
+    host = FakeWatchdog("restarting")
     yield host
     host.close()
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path, other: OtherHost) -> Iterator[PrometheusProcess]:
+def prometheus(tmp_path: Path, other: FakeWatchdog) -> Iterator[PrometheusProcess]:
     require_tool("prometheus")
     prom = PrometheusProcess(tmp_path / "prom", [other.instance], job=JOB)
     prom.start()
@@ -117,7 +81,7 @@ def counter(watchdog: Watchdog, name: str) -> float:
 
 
 def test_defers_while_another_host_is_out_then_acts(
-    tmp_path: Path, prometheus: PrometheusProcess, other: OtherHost
+    tmp_path: Path, prometheus: PrometheusProcess, other: FakeWatchdog
 ) -> None:
     prometheus.wait(
         lambda: prometheus.result('ollama_watchdog_state{state="restarting"} == 1'),
@@ -165,24 +129,14 @@ class Exported:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(watchdog)  # type: ignore[arg-type]
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._server = StubServer(Handler, port)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 def test_two_hosts_hung_in_the_same_instant_restart_one_after_the_other(tmp_path: Path) -> None:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import pytest
 from support.certs import server_certs
 from support.prometheus import PrometheusProcess
+from support.stub import FakeWatchdog, QuietHandler, StubServer
 from support.tools import free_port, require_tool
 from support.wait import wait_until
 
@@ -33,59 +33,17 @@ from ollama_watchdog.healing.fleet import (
 
 pytestmark = pytest.mark.integration
 
-STATES = (
-    "healthy", "degraded", "busy", "remediating", "restarting", "backoff", "gave_up",
-    "disabled", "maintenance", "draining", "deferred",
-)  # fmt: skip
 JOB = "ollama-watchdog"
 WAIT = 90.0
 
 
 @dataclass
-class FakeHost:
-    """A watchdog's /metrics, reduced to its state family."""
-
-    state: str = "healthy"
-    server: ThreadingHTTPServer = field(init=False)
-
-    def __post_init__(self) -> None:
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                lines = ["# TYPE ollama_watchdog_state gauge"] + [
-                    f'ollama_watchdog_state{{state="{s}"}} {1 if s == host.state else 0}'
-                    for s in STATES
-                ]
-                body = ("\n".join(lines) + "\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def instance(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@dataclass
 class Fleet:
     prometheus: PrometheusProcess
-    hosts: list[FakeHost]
-    elsewhere: FakeHost  # a watchdog of another fleet (another job), same Prometheus
+    hosts: list[FakeWatchdog]
+    elsewhere: FakeWatchdog  # a watchdog of another fleet (another job), same Prometheus
 
-    def view(self, me: FakeHost, selector: str = f'job="{JOB}"') -> FleetView:
+    def view(self, me: FakeWatchdog, selector: str = f'job="{JOB}"') -> FleetView:
         return FleetView(self.prometheus.url, selector, me.instance, timeout=5.0)
 
     def settle(self) -> None:
@@ -105,8 +63,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     require_tool("prometheus")
-    hosts = [FakeHost() for _ in range(3)]
-    elsewhere = FakeHost("restarting")
+    hosts = [FakeWatchdog() for _ in range(3)]
+    elsewhere = FakeWatchdog("restarting")
     prom = PrometheusProcess(
         tmp_path_factory.mktemp("fleet-prometheus"),
         scrape_configs=[
@@ -202,10 +160,7 @@ class _Stub:
         self.release = threading.Event()
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if body is None:
                     stub.release.wait(60)
@@ -218,20 +173,14 @@ class _Stub:
                         self.wfile.write(b" ")
                         self.wfile.flush()
                     return
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, "application/json")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._server = StubServer(Handler)
+        self.url = self._server.url
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.mark.parametrize(

@@ -16,17 +16,16 @@ import json
 import os
 import re
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from support.sim import SimulatorProcess
+from support.stub import QuietHandler, StubServer
 from support.tools import free_port, missing, require_tool
 from support.wait import wait_until
 
@@ -288,29 +287,20 @@ class _Capture:
         self.headers: list[dict[str, str]] = []
         capture = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
 
             def do_POST(self) -> None:
                 capture.headers.append({k.lower(): v for k, v in self.headers.items()})
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 body = b'{"model":"qwen2.5:0.5b","response":"ok","done":true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, body, "application/json")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self._server = StubServer(Handler)
+        self.address = self._server.address
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 def test_the_key_never_reaches_ollama(tmp_path: Path) -> None:
