@@ -52,9 +52,9 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.daemon import DaemonProcess, quick_config  # noqa: E402
+from support.daemon import DaemonProcess  # noqa: E402
 from support.llama import llama_server_path  # noqa: E402
-from support.tools import free_port  # noqa: E402
+from support.realrunner import healing_config, supervised_simulator  # noqa: E402
 
 from ollama_watchdog.commands.demo import SimulatorSupervisor  # noqa: E402
 from ollama_watchdog.simulator.llamamodel import (  # noqa: E402
@@ -157,6 +157,14 @@ def decided_at(stderr: str) -> float:
     raise RuntimeError("no decision in the watchdog's log")
 
 
+def save_logs(keep: Path, stem: str, watchdog: str, ollama: bytes, wedged_at: float | None) -> None:
+    """The trial's logs in ``keep``: the watchdog's, the simulator's and the wedge's time."""
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / f"{stem}-watchdog.log").write_text(watchdog)
+    (keep / f"{stem}-ollama.log").write_bytes(ollama)
+    (keep / f"{stem}-wedge.txt").write_text(f"{wedged_at}\n" if wedged_at else "no wedge\n")
+
+
 def trial(
     tmp: Path,
     llama: Path,
@@ -166,32 +174,11 @@ def trial(
     deep_timeout: str = "3s",
     keep: Path | None = None,
 ) -> dict[str, Any]:
-    work = tmp / "sup"
-    work.mkdir(parents=True)
-    args = [a for name, path in models.items() for a in ("--model", f"{name}={path}")]
-    if gpu_layers is not None:
-        args += ["--gpu-layers", str(gpu_layers)]
-    sup = SimulatorSupervisor(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", work,
-                              ("--llama-server", str(llama), *args, "--tokens", "8"))
+    extra = ("--gpu-layers", str(gpu_layers)) if gpu_layers is not None else ()
+    sup = supervised_simulator(tmp / "sup", llama, models, *extra)
     url = f"http://{sup.listen}"
-    cfg = quick_config(
-        url,
-        tmp,
-        ollama={"unit": "", "models_dir": str(sup.simdir / "models"), "timeout": "2s"},
-        logs={"source": "file", "path": str(sup.logfile)},
-        probe={"interval": "500ms", "deep_model": A, "deep_interval": "1s",
-               "deep_timeout": deep_timeout},
-        watchdog={
-            "enabled": True,
-            "failure_threshold": 2,
-            "startup_grace": f"{STARTUP_GRACE:g}s",
-            "backoff_initial": "1s",
-            "restart_window": "10m",
-            "restart_command": ["sh", "-c", f'kill -TERM "$(cat {sup.pidfile})"'],
-            "restart_timeout": "10s",
-        },
-        healing={"ladder": ladder, "unload_timeout": "15s", "kill_timeout": "5s"},
-    )
+    cfg = healing_config(sup, tmp, A, startup_grace=f"{STARTUP_GRACE:g}s",
+                         deep_timeout=deep_timeout, ladder=ladder)
     sup.start(ready_timeout=30.0)
     clients: list[Client] = []
     try:
@@ -202,55 +189,57 @@ def trial(
                 "options": {"num_predict": 2}}).raise_for_status()
         started = time.monotonic()
         with DaemonProcess(cfg, tmp) as d:
-            wait(lambda: d.value("ollama_probe_success", probe="generate") == 1.0
-                 and d.value("ollama_watchdog_state", state="healthy") == 1.0,
-                 "a healthy watchdog", 60, 0.2)
-            clients = [Client(url, m) for m in models]
-            for c in clients:
-                c.start()
-            time.sleep(3)  # steady traffic before the wedge
-            # the start-up grace (30 s, counted from the watchdog's start) must be over, or
-            # detection measures the grace, not the probes
-            time.sleep(max(0.0, STARTUP_GRACE + 1.0 - (time.monotonic() - started)))
-            before = {c.model: (c.ok, c.cut, c.refused) for c in clients}
-            server = int(sup.pidfile.read_text())
-            a_pid = runner_pid(sup, A)
-            assert a_pid is not None
-            t0, t0_wall = time.monotonic(), time.time()
-            os.kill(a_pid, signal.SIGSTOP)
-            # the probe gauge stays 1 until the first deep probe times out: see it fall first
-            wait(lambda: d.value("ollama_probe_success", probe="generate") == 0.0,
-                 "the deep probe failing", RECOVERY_LIMIT)
+            wedged_at: float | None = None
+            try:
+                wait(lambda: d.value("ollama_probe_success", probe="generate") == 1.0
+                     and d.value("ollama_watchdog_state", state="healthy") == 1.0,
+                     "a healthy watchdog", 60, 0.2)
+                clients = [Client(url, m) for m in models]
+                for c in clients:
+                    c.start()
+                time.sleep(3)  # steady traffic before the wedge
+                # the start-up grace (30 s, counted from the watchdog's start) must be over, or
+                # detection measures the grace, not the probes
+                time.sleep(max(0.0, STARTUP_GRACE + 1.0 - (time.monotonic() - started)))
+                before = {c.model: (c.ok, c.cut, c.refused) for c in clients}
+                server = int(sup.pidfile.read_text())
+                a_pid = runner_pid(sup, A)
+                assert a_pid is not None
+                t0, t0_wall = time.monotonic(), time.time()
+                wedged_at = t0_wall
+                os.kill(a_pid, signal.SIGSTOP)
+                # the probe gauge stays 1 until the first deep probe times out: see it fall first
+                wait(lambda: d.value("ollama_probe_success", probe="generate") == 0.0,
+                     "the deep probe failing", RECOVERY_LIMIT)
 
-            def recovered() -> bool:
-                if d.value("ollama_probe_success", probe="generate") != 1.0:
-                    return False
-                pid = runner_pid(sup, A)
-                return pid is not None and pid != a_pid
+                def recovered() -> bool:
+                    if d.value("ollama_probe_success", probe="generate") != 1.0:
+                        return False
+                    pid = runner_pid(sup, A)
+                    return pid is not None and pid != a_pid
 
-            wait(recovered, "recovery", RECOVERY_LIMIT)
-            ttr = time.monotonic() - t0
-            time.sleep(3)  # the clients see the recovered server
-            for c in clients:
-                c.stop.set()
-            for c in clients:
-                c.join(CLIENT_TIMEOUT + 10)
-            cut = {c.model: c.cut - before[c.model][1] for c in clients}
-            refused = {c.model: c.refused - before[c.model][2] for c in clients}
-            ok = {c.model: c.ok - before[c.model][0] for c in clients}
-            metrics = d.metrics()
-            actions = {
-                dict(labels)["action"]: v for (name, labels), v in metrics.items()
-                if name == "ollama_watchdog_remediations_total" and v
-            }
-            restarted = int(sup.pidfile.read_text()) != server
-            decided = decided_at(d.stderr()) - t0_wall
-            if keep is not None:
-                keep.mkdir(parents=True, exist_ok=True)
-                path = "ladder" if ladder else "restart"
-                (keep / f"{tmp.name}-{path}-watchdog.log").write_text(d.stderr())
-                (keep / f"{tmp.name}-{path}-ollama.log").write_bytes(sup.logfile.read_bytes())
-                (keep / f"{tmp.name}-{path}-wedge.txt").write_text(f"{t0_wall}\n")
+                wait(recovered, "recovery", RECOVERY_LIMIT)
+                ttr = time.monotonic() - t0
+                time.sleep(3)  # the clients see the recovered server
+                for c in clients:
+                    c.stop.set()
+                for c in clients:
+                    c.join(CLIENT_TIMEOUT + 10)
+                cut = {c.model: c.cut - before[c.model][1] for c in clients}
+                refused = {c.model: c.refused - before[c.model][2] for c in clients}
+                ok = {c.model: c.ok - before[c.model][0] for c in clients}
+                metrics = d.metrics()
+                actions = {
+                    dict(labels)["action"]: v for (name, labels), v in metrics.items()
+                    if name == "ollama_watchdog_remediations_total" and v
+                }
+                restarted = int(sup.pidfile.read_text()) != server
+                decided = decided_at(d.stderr()) - t0_wall
+            finally:
+                # kept whatever happened: a failed trial is when they are needed most
+                if keep is not None:
+                    save_logs(keep, f"{tmp.name}-{'ladder' if ladder else 'restart'}",
+                              d.stderr(), sup.logfile.read_bytes(), wedged_at)
     finally:
         for c in clients:
             c.stop.set()

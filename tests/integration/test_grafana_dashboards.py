@@ -59,15 +59,9 @@ class Stack:
     exposition: str
 
 
-def generation_model(sim: SimulatorProcess) -> str:
-    """A model that can generate (the simulator also has embedding-only ones)."""
-    models = requests.get(f"{sim.url}/api/tags", timeout=10).json()["models"]
-    return str(next(m["name"] for m in models if "completion" in m.get("capabilities", [])))
-
-
 def traffic(sim: SimulatorProcess) -> None:
     """Requests of the kinds the dashboards chart: streamed generate and chat, a 404."""
-    model = generation_model(sim)
+    model = sim.generation_model()
     for _ in range(3):
         body = {"model": model, "prompt": "count to three", "options": {"num_predict": 8}}
         requests.post(f"{sim.url}/api/generate", json=body, timeout=60).raise_for_status()
@@ -87,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     daemon: DaemonProcess | None = None
     try:
         sim.start()
-        model = generation_model(sim)
+        model = sim.generation_model()
         config = quick_config(
             sim.url,
             tmp,

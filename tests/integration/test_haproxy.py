@@ -39,8 +39,7 @@ class Host:
     release: Path
 
     def ready(self) -> tuple[int, str]:
-        r = requests.get(self.daemon.url + "/ready", timeout=10)
-        return r.status_code, r.text.strip()
+        return self.daemon.ready()
 
     def agent(self) -> str:
         with socket.create_connection(("127.0.0.1", self.agent_port), timeout=10) as sock:
@@ -97,15 +96,9 @@ def hosts(
 
 def backends(hosts: list[Host], agent: bool = True) -> list[Backend]:
     return [
-        Backend(h.name, h.sim.port, int(h.daemon.url.rsplit(":", 1)[1]),
-                h.agent_port if agent else None)
+        Backend(h.name, h.sim.port, h.daemon.port, h.agent_port if agent else None)
         for h in hosts
     ]  # fmt: skip
-
-
-def generation_model(h: Host) -> str:
-    models = requests.get(f"{h.sim.url}/api/tags", timeout=10).json()["models"]
-    return str(next(m["name"] for m in models if "completion" in m.get("capabilities", [])))
 
 
 def client_load(proxy: HaproxyProcess, model: str, n: int) -> list[int]:
@@ -138,7 +131,7 @@ def test_the_proxy_needs_the_password_and_uses_both_hosts(
             proxy.wait_status(h.name, "UP")
         bare = requests.get(proxy.url + "/api/version", verify=str(proxy.ca), timeout=30)
         assert bare.status_code == 401
-        assert client_load(proxy, generation_model(hosts[0]), 4) == [200] * 8
+        assert client_load(proxy, hosts[0].sim.generation_model(), 4) == [200] * 8
         for h in hosts:
             assert proxy.sent(h.name) > 0, h.name
 
@@ -150,7 +143,7 @@ def test_a_hung_host_leaves_the_rotation_and_clients_keep_succeeding(
     with HaproxyProcess(tmp_path / "haproxy", backends(hosts)) as proxy:
         for h in hosts:
             proxy.wait_status(h.name, "UP")
-        model = generation_model(healthy)
+        model = healthy.sim.generation_model()
         hung.sim.set_fault("hang")
         # the watchdog sees the hang (down, then restarting); HAProxy takes the host out
         wait_until(lambda: hung.ready()[0] == 503, "hung host not ready", timeout=WAIT)
@@ -183,7 +176,7 @@ def test_a_restarting_host_stays_out_while_its_ollama_already_answers(
     with proxy:
         for h in hosts:
             proxy.wait_status(h.name, "UP" if health_check else "")
-        model = generation_model(healthy)
+        model = healthy.sim.generation_model()
         enter_restarting(busy)
         assert busy.agent() == "maint"
         status = proxy.wait_status(busy.name, "MAINT")

@@ -26,9 +26,9 @@ import ollama
 import psutil
 import pytest
 import requests
-from support.daemon import DaemonProcess, quick_config
+from support.daemon import DaemonProcess
 from support.llama import require_llama_server
-from support.tools import free_port
+from support.realrunner import healing_config, supervised_simulator
 from support.wait import wait_until
 
 from ollama_watchdog.commands.demo import SimulatorSupervisor
@@ -97,40 +97,13 @@ class Stack:
 
 @pytest.fixture
 def stack(gguf_files: dict[str, Path], tmp_path: Path) -> Iterator[Stack]:
-    llama = require_llama_server()
-    models = [a for name, path in gguf_files.items() for a in ("--model", f"{name}={path}")]
-    work = tmp_path / "sup"
-    work.mkdir()
-    sup = SimulatorSupervisor(
-        f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", work,
-        ("--llama-server", str(llama), *models, "--tokens", "8"),
-    )
+    sup = supervised_simulator(tmp_path / "sup", require_llama_server(), gguf_files)
     try:
         sup.start(ready_timeout=30.0)
         wait_until(sup.readyfile.exists, "simulator ready", T)
-        url = f"http://{sup.listen}"
-        cfg = quick_config(
-            url,
-            tmp_path,
-            ollama={"unit": "", "models_dir": str(sup.simdir / "models"), "timeout": "2s"},
-            logs={"source": "file", "path": str(sup.logfile)},
-            probe={"interval": "500ms", "deep_model": A, "deep_interval": "1s",
-                   "deep_timeout": "3s"},
-            watchdog={
-                "enabled": True,
-                "failure_threshold": 2,
-                "startup_grace": "2s",
-                "backoff_initial": "1s",
-                "restart_window": "10m",
-                # the demo's restart: kill the simulator by its pid file, the supervisor
-                # starts a new one (a new server pid)
-                "restart_command": ["sh", "-c", f'kill -TERM "$(cat {sup.pidfile})"'],
-                "restart_timeout": "10s",
-            },
-            healing={"unload_timeout": "15s", "kill_timeout": "5s"},
-        )
+        cfg = healing_config(sup, tmp_path, A, startup_grace="2s")
         with DaemonProcess(cfg, tmp_path) as daemon:
-            yield Stack(sup, daemon, ollama.Client(host=url, timeout=T))
+            yield Stack(sup, daemon, ollama.Client(host=f"http://{sup.listen}", timeout=T))
     finally:
         sup.stop()
 

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from support.nginx import running_nginx
 from support.sim import SimulatorProcess
 from support.tools import free_port, require_tool
-from support.wait import wait_until
-
-from ollama_watchdog.procgroup import stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -106,33 +104,8 @@ def proxy(tmp_path: Path, simulator_factory: Callable[..., SimulatorProcess]) ->
     ]
     port = free_port()
     main = render(tmp_path, backends, port)
-    argv = [nginx, "-p", str(tmp_path), "-c", str(main)]
-    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, check.stderr
-    pid = f"pid {tmp_path / 'nginx.pid'};"
-    with (tmp_path / "nginx.out").open("ab") as out:
-        process = subprocess.Popen(
-            [*argv, "-g", f"daemon off; {pid}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        ca = tmp_path / "ollama.crt"
-
-        def listening() -> bool:
-            assert process.poll() is None, (tmp_path / "error.log").read_text()
-            try:
-                requests.get(f"https://127.0.0.1:{port}/", verify=str(ca), timeout=2)
-            except requests.ConnectionError:
-                return False
-            return True
-
-        wait_until(listening, "nginx listening", timeout=WAIT, interval=0.1)
-        yield Proxy(f"https://127.0.0.1:{port}", ca, backends)
-    finally:
-        stop_process_group(process, 10.0)
+    with running_nginx(nginx, tmp_path, main, port, tmp_path / "ollama.crt"):
+        yield Proxy(f"https://127.0.0.1:{port}", tmp_path / "ollama.crt", backends)
 
 
 def generation_model(proxy: Proxy) -> str:

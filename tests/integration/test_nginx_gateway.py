@@ -24,12 +24,10 @@ from typing import Any
 
 import pytest
 import requests
+from support.nginx import running_nginx
 from support.sim import SimulatorProcess
 from support.stub import QuietHandler, StubServer
 from support.tools import free_port, missing, require_tool
-from support.wait import wait_until
-
-from ollama_watchdog.procgroup import stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -129,30 +127,8 @@ def run_gateway(tmp: Path, upstreams: list[str]) -> Iterator[Gateway]:
     port = free_port()
     write_keys(tmp / "keys.json", [ALLOWED])
     main = render(tmp, upstreams, port)
-    argv = [nginx, "-p", str(tmp), "-c", str(main)]
-    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, check.stderr
-    with (tmp / "nginx.out").open("ab") as out:
-        process = subprocess.Popen(
-            [*argv, "-g", f"daemon off; pid {tmp / 'nginx.pid'};"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        ca = tmp / "gateway.crt"
-
-        def listening() -> bool:
-            assert process.poll() is None, (tmp / "error.log").read_text()
-            try:
-                requests.get(f"https://127.0.0.1:{port}/", verify=str(ca), timeout=2)
-            except requests.ConnectionError:
-                return False
-            return True
-
-        wait_until(listening, "nginx listening", timeout=WAIT, interval=0.1)
-        yield Gateway(f"https://127.0.0.1:{port}", ca, tmp, tmp / "keys.json")
-    finally:
-        stop_process_group(process, 10.0)
+    with running_nginx(nginx, tmp, main, port, tmp / "gateway.crt"):
+        yield Gateway(f"https://127.0.0.1:{port}", tmp / "gateway.crt", tmp, tmp / "keys.json")
 
 
 @pytest.fixture

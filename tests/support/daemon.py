@@ -128,6 +128,20 @@ class DaemonProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
+    @property
+    def port(self) -> int:
+        """The exporter's port (``/metrics``, ``/ready``: a balancer's health check)."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    def ready(self) -> tuple[int, str]:
+        """``/ready`` as a balancer sees it: status and body; ``(0, "unreachable")`` when
+        nothing answers."""
+        try:
+            r = requests.get(self.url + "/ready", timeout=10)
+        except requests.RequestException:
+            return 0, "unreachable"
+        return r.status_code, r.text.strip()
+
     def metrics_text(self, **kw: Any) -> str:
         r = requests.get(self.url + "/metrics", timeout=kw.pop("timeout", 5), **kw)
         r.raise_for_status()

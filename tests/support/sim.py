@@ -182,6 +182,11 @@ class SimulatorProcess:
     ) -> None:
         self.stop()
 
+    def generation_model(self) -> str:
+        """A model that can generate (the simulator also has embedding-only ones)."""
+        models = requests.get(f"{self.url}/api/tags", timeout=10).json()["models"]
+        return str(next(m["name"] for m in models if "completion" in m.get("capabilities", [])))
+
     # -- faults ------------------------------------------------------------------------------
 
     def set_fault(self, name: str, delay: float | None = None) -> dict[str, Any]:
