@@ -37,6 +37,10 @@ pytestmark = pytest.mark.integration
 T = 60.0
 #: a KV cache no machine has memory for (FACTS.md §8 run D: 51 GB for the tiny model)
 HUGE_CONTEXT = 100_000_000
+#: a generation that is surely still running seconds after its first token. Sampled, the tiny
+#: random models end on their EOS token after 11 to 2334 tokens here (a few ms to 0.3 s);
+#: greedy, they fall into a loop without it and run to the limit (10 prompts of 10).
+LONG = {"num_predict": 20000, "num_ctx": 32768, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +217,7 @@ def test_a_runner_killed_by_sigsegv_mid_generation_counts_once_and_reloads(
 ) -> None:
     model = "tiny-a:latest"
     stream = stack.client.generate(model=model, prompt="go on and on", stream=True,
-                                   options={"num_predict": 20000, "num_ctx": 32768})
+                                   options=LONG)
     first = next(iter(stream))
     assert first["done"] is False
     pid = stack.runner_pid(model)
@@ -284,7 +288,7 @@ def test_a_client_gone_mid_stream_invents_no_tokens(stack: Stack) -> None:
     with requests.post(
         stack.sim.url + "/api/generate",
         json={"model": model, "prompt": "leave early",
-              "options": {"num_predict": 20000, "num_ctx": 32768}},
+              "options": LONG},
         stream=True, timeout=T,
     ) as r:
         assert r.status_code == 200

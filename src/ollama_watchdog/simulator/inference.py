@@ -197,8 +197,8 @@ def _runner_request(req: dict[str, Any], options: dict[str, Any], default_tokens
                     chat: bool) -> dict[str, Any]:
     """The llama-server request body for an Ollama generate/chat request."""
     limit = options.get("num_predict")
-    # A random-weight model rarely ends on EOS: without num_predict the simulator's --tokens
-    # bounds the answer, as it does for the stand-in runner.
+    # A random-weight model may end on its EOS token at any point, yet need not: without
+    # num_predict the simulator's --tokens bounds the answer, as it does for the stand-in.
     n_predict = int(limit) if isinstance(limit, int | float) and limit >= 0 else default_tokens
     body: dict[str, Any] = {key: options[key] for key in _SAMPLING if key in options}
     if chat:
