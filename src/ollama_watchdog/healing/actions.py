@@ -315,7 +315,8 @@ class RemedyActions:
 
     def unload_model(self, model: str) -> RemedyResult:
         """``keep_alive: 0``, then wait for the model to leave ``/api/ps`` and its runner to
-        exit, all within ``unload_timeout``."""
+        exit, and where NVML is present for the runner's GPU memory to be released, all within
+        ``unload_timeout``."""
         start = time.monotonic()
         if self.dry_run:
             return RemedyResult(True, None, 0.0, {"model": model}, dry_run=True)
@@ -337,8 +338,16 @@ class RemedyActions:
                 listed = True  # cannot tell: keep waiting
             running = [p.pid for p in before if _alive(p)]
             if not listed and not running:
-                detail = {"model": model, "runner_pids": [p.pid for p in before]}
-                return RemedyResult(True, None, time.monotonic() - start, detail)
+                detail: dict[str, object] = {"model": model, "runner_pids": [p.pid for p in before]}
+                released, held = (
+                    self._gpu_released({p.pid for p in before}, deadline) if before else (None, [])
+                )
+                if released is not None:
+                    detail["gpu_memory_released"] = released
+                error = None
+                if released is False:
+                    error = f"GPU memory still held by pid(s) {held} after the unload"
+                return RemedyResult(error is None, error, time.monotonic() - start, detail)
             if time.monotonic() >= deadline:
                 break
             time.sleep(self._poll)
