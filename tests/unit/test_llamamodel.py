@@ -264,3 +264,28 @@ def test_missing_gguf_package_says_what_to_install(
     with pytest.raises(RuntimeError, match=r"needs the 'gguf' and 'numpy' packages.*\[test\]"):
         write_llama_gguf(tmp_path / "m.gguf", n_embd=64, n_layer=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_installing_a_file_again_trusts_the_blob_that_is_its_hard_link(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """A simulator restarted on the same work dir installs its ``--model`` files again: a blob
+    that is the very file (same inode) is not read again. Proof: the file changed in place since
+    (which install_model's caveat forbids) keeps the first digest; a copy is hashed anew."""
+    source = tmp_path / "model.gguf"
+    source.write_bytes(tiny.read_bytes())
+    models = tmp_path / "models"
+    first = install_model(models, "tiny", source)
+    size = source.stat().st_size
+    last = source.read_bytes()[-1:]
+    with source.open("r+b") as fh:  # same inode, same size, another last byte
+        fh.seek(size - 1)
+        fh.write(b"\x01" if last != b"\x01" else b"\x02")
+    assert source.stat().st_size == size
+    again = install_model(models, "tiny", source)
+    assert (again.digest, again.blob) == (first.digest, first.blob)
+
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(source.read_bytes())
+    other = install_model(models, "copy", copy)
+    assert other.digest != first.digest

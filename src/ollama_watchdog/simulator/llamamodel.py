@@ -69,6 +69,7 @@ CHAT_TEMPLATE: Final = (
 _SPECIALS: Final = ("<unk>", "<s>", "</s>")
 _UNK, _BOS, _EOS = 0, 1, 2
 _SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class LlamaShape(NamedTuple):
@@ -287,6 +288,30 @@ def _sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def _linked_blob_digest(blobs: Path, source: Path) -> str | None:
+    """The digest of the blob that *is* ``source`` (its hard link, from an earlier install into
+    this store), or None. Its content is the file's, so a simulator started again on the same
+    work dir does not read every GGUF again: a restart under the demo's supervisor would
+    otherwise spend seconds per GiB hashing, which Ollama's own start never does (it reads the
+    manifests, not the blobs)."""
+    try:
+        want = source.stat()
+        entries = list(os.scandir(blobs))
+    except OSError:
+        return None
+    for entry in entries:
+        hexdigest = entry.name.removeprefix("sha256-")
+        if entry.name == hexdigest or not _HEX64_RE.fullmatch(hexdigest):
+            continue
+        try:
+            got = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino):
+            return hexdigest
+    return None
+
+
 def _place_blob(blobs: Path, source: Path, hexdigest: str) -> Path:
     """``blobs/sha256-<hex>`` for ``source``: a hard link where possible, else a copy."""
     final = blobs / f"sha256-{hexdigest}"
@@ -332,7 +357,7 @@ def install_model(
     """
     blobs = models_dir / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
-    hexdigest = _sha256_file(gguf_path)
+    hexdigest = _linked_blob_digest(blobs, gguf_path) or _sha256_file(gguf_path)
     blob = _place_blob(blobs, gguf_path, hexdigest)
     request: dict[str, Any] = {"model": name, "files": {"model.gguf": f"sha256:{hexdigest}"}}
     if template is not None:
