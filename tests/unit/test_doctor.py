@@ -262,6 +262,34 @@ def test_watchdog_seeing_ollama_down_or_dry_run_is_flagged() -> None:
     assert "--dry-run is on" in found[2].text
 
 
+def deep_samples(ok: float, seconds: float) -> Samples:
+    samples = state_samples("healthy")
+    samples[("ollama_probe_success", (("probe", "generate"),))] = ok
+    samples[("ollama_probe_duration_seconds", (("probe", "generate"),))] = seconds
+    return samples
+
+
+def test_a_deep_probe_passing_close_to_its_timeout_is_flagged() -> None:
+    found = doctor.judge_watchdog(URL, deep_samples(1.0, 52.0), "", 0, deep_timeout=60.0)
+    assert levels(found) == [Level.OK, Level.WARN]
+    assert found[1].text.startswith(
+        "the last deep probe passed in 52.0 s, 87% of probe.deep_timeout (60 s)"
+    )
+    assert "deep_timeout to at least twice the slowest answer (here 104s" in found[1].fix
+
+
+@pytest.mark.parametrize(("ok", "seconds", "deep_timeout"), [
+    (1.0, 47.0, 60.0),  # 78%: margin enough
+    (0.0, 60.0, 60.0),  # failed: the state and the probe items say so, not this one
+    (1.0, 59.0, None),  # no deep model configured
+])  # fmt: skip
+def test_a_deep_probe_with_margin_failed_or_absent_is_not_flagged(
+    ok: float, seconds: float, deep_timeout: float | None
+) -> None:
+    found = doctor.judge_watchdog(URL, deep_samples(ok, seconds), "", 0, deep_timeout)
+    assert levels(found) == [Level.OK]
+
+
 def test_watchdog_not_answering_or_not_a_watchdog() -> None:
     [down] = doctor.judge_watchdog(URL, None, "connection refused", 0)
     assert down.level is Level.FAIL

@@ -659,8 +659,16 @@ def exporter_url(listen: str) -> str:
     return f"http://{host}:{port}/metrics"
 
 
-def judge_watchdog(url: str, samples: Samples | None, why: str, now: float) -> list[Finding]:
-    """The watchdog's own view: running, its state, whether it sees Ollama up."""
+#: a passing deep probe that took at least this share of ``probe.deep_timeout`` is near failing
+DEEP_TIMEOUT_MARGIN = 0.8
+
+
+def judge_watchdog(
+    url: str, samples: Samples | None, why: str, now: float, deep_timeout: float | None = None
+) -> list[Finding]:
+    """The watchdog's own view: running, its state, whether it sees Ollama up, and (with
+    ``deep_timeout``, the watchdog's ``probe.deep_timeout`` when a deep model is set) whether its
+    last passing deep probe came close to timing out."""
     if samples is None:
         return [Finding(
             "watchdog", Level.FAIL, f"the watchdog does not answer at {url}: {why}",
@@ -701,12 +709,33 @@ def judge_watchdog(url: str, samples: Samples | None, why: str, now: float) -> l
             "see the api item; if doctor reaches Ollama but the watchdog does not, their "
             "[ollama] url differ: run doctor with the watchdog's --config",
         ))  # fmt: skip
+    if deep_timeout is not None:
+        out += _judge_deep_margin(samples, deep_timeout)
     if sample(samples, "ollama_watchdog_dry_run") == 1:
         out.append(Finding(
             "watchdog", Level.WARN, "--dry-run is on: decisions are logged, nothing is carried out",
             "remove --dry-run from the unit's ExecStart when the trial is over",
         ))  # fmt: skip
     return out
+
+
+def _judge_deep_margin(samples: Samples, deep_timeout: float) -> list[Finding]:
+    """A deep probe that passes only just inside its timeout fails on the next slow answer (a
+    longer queue, a model load): then it counts towards a restart, unless the log shows other
+    requests completing (busy). Said before that happens, while it still passes."""
+    if sample(samples, "ollama_probe_success", probe="generate") != 1:
+        return []
+    took = sample(samples, "ollama_probe_duration_seconds", probe="generate")
+    if took is None or took < DEEP_TIMEOUT_MARGIN * deep_timeout:
+        return []
+    return [Finding(
+        "watchdog", Level.WARN,
+        f"the last deep probe passed in {took:.1f} s, {round(100 * took / deep_timeout)}% of "
+        f"probe.deep_timeout ({deep_timeout:g} s): a little slower and it fails, and failed "
+        "deep probes lead to an unload or a restart when no log source shows Ollama busy",
+        f"raise [probe] deep_timeout to at least twice the slowest answer (here {2 * took:.0f}s "
+        "or more), or choose a smaller deep_model",
+    )]  # fmt: skip
 
 
 def judge_placement(
@@ -760,7 +789,8 @@ def check_watchdog(config: Config) -> list[Finding]:
             "credentials; curl it with yours",
         )]  # fmt: skip
     samples, why = scrape(url, min(config.ollama.timeout, 5.0))
-    return judge_watchdog(url, samples, why, time.time())
+    deep = config.probe.deep_timeout if config.probe.deep_model else None
+    return judge_watchdog(url, samples, why, time.time(), deep)
 
 
 def check_placement(
