@@ -339,14 +339,7 @@ class RemedyActions:
             running = [p.pid for p in before if _alive(p)]
             if not listed and not running:
                 detail: dict[str, object] = {"model": model, "runner_pids": [p.pid for p in before]}
-                released, held = (
-                    self._gpu_released({p.pid for p in before}, deadline) if before else (None, [])
-                )
-                if released is not None:
-                    detail["gpu_memory_released"] = released
-                error = None
-                if released is False:
-                    error = f"GPU memory still held by pid(s) {held} after the unload"
+                error = self._check_gpu_released(before, deadline, detail, "the unload")
                 return RemedyResult(error is None, error, time.monotonic() - start, detail)
             if time.monotonic() >= deadline:
                 break
@@ -388,12 +381,22 @@ class RemedyActions:
         killed, error = kill_processes(procs, timeout)
         detail["killed"] = killed
         if error is None:
-            released, held = self._gpu_released({p.pid for p in procs}, start + timeout * 2)
-            if released is not None:
-                detail["gpu_memory_released"] = released
-            if released is False:
-                error = f"GPU memory still held by pid(s) {held} after the kill"
+            error = self._check_gpu_released(procs, start + timeout * 2, detail, "the kill")
         return RemedyResult(error is None, error, time.monotonic() - start, detail)
+
+    def _check_gpu_released(
+        self, procs: Sequence[Proc], deadline: float, detail: dict[str, object], after: str
+    ) -> str | None:
+        """Where NVML is present, wait until ``deadline`` for ``procs`` (gone now) to leave the
+        GPUs' process lists; ``gpu_memory_released`` goes into ``detail``. The error, or None."""
+        if not procs:
+            return None
+        released, held = self._gpu_released({p.pid for p in procs}, deadline)
+        if released is not None:
+            detail["gpu_memory_released"] = released
+        if released is False:
+            return f"GPU memory still held by pid(s) {held} after {after}"
+        return None
 
     def _gpu_released(self, pids: set[int], deadline: float) -> tuple[bool | None, list[int]]:
         while True:

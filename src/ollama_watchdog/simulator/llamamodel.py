@@ -69,7 +69,6 @@ CHAT_TEMPLATE: Final = (
 _SPECIALS: Final = ("<unk>", "<s>", "</s>")
 _UNK, _BOS, _EOS = 0, 1, 2
 _SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class LlamaShape(NamedTuple):
@@ -300,15 +299,15 @@ def _linked_blob_digest(blobs: Path, source: Path) -> str | None:
     except OSError:
         return None
     for entry in entries:
-        hexdigest = entry.name.removeprefix("sha256-")
-        if entry.name == hexdigest or not _HEX64_RE.fullmatch(hexdigest):
+        match = BLOB_NAME_RE.match(entry.name)
+        if match is None:
             continue
         try:
             got = entry.stat(follow_symlinks=False)
         except OSError:
             continue
         if (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino):
-            return hexdigest
+            return match.group(1)
     return None
 
 
