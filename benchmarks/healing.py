@@ -24,6 +24,11 @@ median per path.
 
     python benchmarks/healing.py [--trials 3] [--models 2] [--size 600K] [--gpu-layers N]
 
+``--model-dir DIR`` keeps the models (and the trials' work dirs, for hard links) there and
+reuses them in a later run: 4 x 8 GiB take minutes to write and to hash. Each trial's model store
+is seeded with hard links to the GGUFs under their digests, hashed once per run, so a trial's
+first start does not hash them again (setup, outside what is measured).
+
 ``--models N``: N models loaded and in use (A plus N-1 others, one client each): a restart
 cold-loads every one of them again, one after another (Ollama's scheduler, and the
 simulator's, load one model at a time), the ladder only A. ``--gpu-layers`` offloads to a GPU
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -165,17 +171,43 @@ def save_logs(keep: Path, stem: str, watchdog: str, ollama: bytes, wedged_at: fl
     (keep / f"{stem}-wedge.txt").write_text(f"{wedged_at}\n" if wedged_at else "no wedge\n")
 
 
+def make_models(where: Path, names: list[str], size: int) -> dict[str, tuple[Path, str]]:
+    """name -> (GGUF, sha256 hex) in ``where``: written and hashed once, reused when there."""
+    n_embd, n_layer, n_ff = params_for_size(size)
+    models = {}
+    for seed, name in enumerate(names):
+        path = where / f"{name.split(':')[0]}-{size}.gguf"
+        digest_file = path.with_suffix(".sha256")
+        if not (path.exists() and digest_file.exists()):
+            write_llama_gguf(path, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
+            with path.open("rb") as fh:
+                digest_file.write_text(hashlib.file_digest(fh, "sha256").hexdigest() + "\n")
+        models[name] = (path, digest_file.read_text().strip())
+    return models
+
+
+def seed_store(sup: SimulatorSupervisor, models: dict[str, tuple[Path, str]]) -> None:
+    """Hard-link the GGUFs into the simulator's blob store under their digests: its install
+    trusts a blob that is the very file, instead of hashing it (a copy is hashed as before)."""
+    blobs = sup.simdir / "models" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    for path, digest in models.values():
+        with contextlib.suppress(FileExistsError, OSError):
+            os.link(path, blobs / f"sha256-{digest}")
+
+
 def trial(
     tmp: Path,
     llama: Path,
-    models: dict[str, Path],
+    models: dict[str, tuple[Path, str]],
     ladder: bool,
     gpu_layers: int | None = None,
     deep_timeout: str = "3s",
     keep: Path | None = None,
 ) -> dict[str, Any]:
     extra = ("--gpu-layers", str(gpu_layers)) if gpu_layers is not None else ()
-    sup = supervised_simulator(tmp / "sup", llama, models, *extra)
+    sup = supervised_simulator(tmp / "sup", llama, {m: p for m, (p, _) in models.items()}, *extra)
+    seed_store(sup, models)
     url = f"http://{sup.listen}"
     cfg = healing_config(sup, tmp, A, startup_grace=f"{STARTUP_GRACE:g}s",
                          deep_timeout=deep_timeout, ladder=ladder)
@@ -262,6 +294,8 @@ def main() -> int:
     parser.add_argument("--gpu-layers", type=int, default=None,
                         help="layers to offload (a CUDA llama-server; 999: all)")  # fmt: skip
     parser.add_argument("--deep-timeout", default="3s", help="the deep probe's timeout")
+    parser.add_argument("--model-dir", type=Path, default=None, metavar="DIR",
+                        help="write the models here once and reuse them")  # fmt: skip
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                         help="copy each trial's watchdog and simulator logs here")  # fmt: skip
     opts = parser.parse_args()
@@ -270,14 +304,13 @@ def main() -> int:
         print("llama-server not built: run scripts/build-llama-server.sh", file=sys.stderr)
         return 2
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmpdir:
+    names = model_names(max(2, opts.models))
+    if opts.model_dir is not None:
+        opts.model_dir.mkdir(parents=True, exist_ok=True)
+    # the trials' dirs beside the models: the seeded blobs are hard links, one file system
+    with tempfile.TemporaryDirectory(dir=opts.model_dir) as tmpdir:
         tmp = Path(tmpdir)
-        n_embd, n_layer, n_ff = params_for_size(opts.size)
-        models = {}
-        names = model_names(max(2, opts.models))
-        for seed, name in enumerate(names):
-            models[name] = tmp / f"{name.split(':')[0]}.gguf"
-            write_llama_gguf(models[name], n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
+        models = make_models(opts.model_dir or tmp, names, opts.size)
         for i in range(opts.trials):
             for ladder in (True, False):  # interleaved: the machine's load hits both alike
                 r = trial(tmp / f"t{i}-{int(ladder)}", llama, models, ladder,
