@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
+from support.smi import record, smi
 from support.wait import wait_until
 
 from ollama_watchdog.collectors.gpu import GpuCollector
@@ -41,7 +42,6 @@ pytestmark = pytest.mark.gpu
 MIB = 1024 * 1024
 ALLOC_BYTES = 3 * 1024 * MIB  # the tensor the runner holds
 START_DEADLINE = 120.0  # CUDA start-up on a fresh machine can take a while
-SMI_TIMEOUT = 30.0
 
 RUNNER = r"""
 import os, sys, time
@@ -79,22 +79,6 @@ def _require_gpu() -> None:
     except pynvml.NVMLError as exc:
         pytest.skip(f"NVML unusable here: {exc}")
     pynvml.nvmlShutdown()
-
-
-def smi(*query: str) -> list[list[str]]:
-    """Rows of ``nvidia-smi --query-…=… --format=csv,noheader,nounits``."""
-    out = subprocess.run(
-        ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        timeout=SMI_TIMEOUT,
-        check=True,
-    ).stdout
-    return [[f.strip() for f in line.split(",")] for line in out.strip().splitlines()]
-
-
-def record(what: str, **values: object) -> None:
-    print(f"RECORD {what} {json.dumps(values)}", flush=True)
 
 
 class _Static:

@@ -15,9 +15,6 @@ skips with the reason otherwise. tests/gpu/README.md records how it was run and 
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 from support.daemon import DaemonProcess, quick_config
-from support.llama import llama_server_path
 from support.sim import SimulatorProcess
+from support.smi import pid_mib, record, used_mib
 from support.wait import wait_until
 
 from ollama_watchdog.simulator.llamamodel import params_for_size, write_llama_gguf
@@ -37,42 +34,6 @@ MIB = 1024 * 1024
 T = 180.0
 MODEL = "big:latest"
 HUGE_CONTEXT = 100_000_000
-
-
-def record(what: str, **values: object) -> None:
-    print(f"RECORD {what} {json.dumps(values)}", flush=True)
-
-
-def smi(*query: str) -> list[list[str]]:
-    out = subprocess.run(
-        ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout
-    return [[f.strip() for f in line.split(",")] for line in out.strip().splitlines()]
-
-
-def used_mib() -> float:
-    return float(smi("--query-gpu=memory.used")[0][0])
-
-
-def pid_mib(pid: int) -> float | None:
-    for row in smi("--query-compute-apps=pid,used_memory"):
-        if row and row[0] == str(pid):
-            return float(row[1])
-    return None
-
-
-@pytest.fixture(scope="module")
-def cuda_server() -> Path:
-    if shutil.which("nvidia-smi") is None:
-        pytest.skip("nvidia-smi not found: no NVIDIA driver here")
-    path = llama_server_path()
-    if path is None:
-        pytest.skip("no llama-server: scripts/build-llama-server.sh --cuda builds one")
-    libs = list(path.parent.glob("libggml-cuda*"))
-    if not libs:
-        pytest.skip(f"{path} is not a CUDA build (no libggml-cuda beside it)")
-    return path
 
 
 @pytest.fixture(scope="module")
