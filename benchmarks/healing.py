@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -64,6 +63,8 @@ from support.realrunner import healing_config, supervised_simulator  # noqa: E40
 
 from ollama_watchdog.commands.demo import SimulatorSupervisor  # noqa: E402
 from ollama_watchdog.simulator.llamamodel import (  # noqa: E402
+    _place_blob,
+    _sha256_file,
     params_for_size,
     parse_size,
     write_llama_gguf,
@@ -180,20 +181,19 @@ def make_models(where: Path, names: list[str], size: int) -> dict[str, tuple[Pat
         digest_file = path.with_suffix(".sha256")
         if not (path.exists() and digest_file.exists()):
             write_llama_gguf(path, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
-            with path.open("rb") as fh:
-                digest_file.write_text(hashlib.file_digest(fh, "sha256").hexdigest() + "\n")
+            digest_file.write_text(_sha256_file(path) + "\n")
         models[name] = (path, digest_file.read_text().strip())
     return models
 
 
 def seed_store(sup: SimulatorSupervisor, models: dict[str, tuple[Path, str]]) -> None:
-    """Hard-link the GGUFs into the simulator's blob store under their digests: its install
-    trusts a blob that is the very file, instead of hashing it (a copy is hashed as before)."""
+    """Place the GGUFs in the simulator's blob store under their digests, as its install does
+    (a hard link on one file system): its install then trusts the blob that is the very file
+    instead of hashing it."""
     blobs = sup.simdir / "models" / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
     for path, digest in models.values():
-        with contextlib.suppress(FileExistsError, OSError):
-            os.link(path, blobs / f"sha256-{digest}")
+        _place_blob(blobs, path, digest)
 
 
 def trial(
