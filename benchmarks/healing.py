@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,18 +173,25 @@ def save_logs(keep: Path, stem: str, watchdog: str, ollama: bytes, wedged_at: fl
     (keep / f"{stem}-wedge.txt").write_text(f"{wedged_at}\n" if wedged_at else "no wedge\n")
 
 
+def _make_model(path: Path, size: int, seed: int) -> str:
+    """Write one model unless it is there already; its sha256 hex."""
+    digest_file = path.with_suffix(".sha256")
+    if not (path.exists() and digest_file.exists()):
+        n_embd, n_layer, n_ff = params_for_size(size)
+        write_llama_gguf(path, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
+        digest_file.write_text(_sha256_file(path) + "\n")
+    return digest_file.read_text().strip()
+
+
 def make_models(where: Path, names: list[str], size: int) -> dict[str, tuple[Path, str]]:
-    """name -> (GGUF, sha256 hex) in ``where``: written and hashed once, reused when there."""
-    n_embd, n_layer, n_ff = params_for_size(size)
-    models = {}
-    for seed, name in enumerate(names):
-        path = where / f"{name.split(':')[0]}-{size}.gguf"
-        digest_file = path.with_suffix(".sha256")
-        if not (path.exists() and digest_file.exists()):
-            write_llama_gguf(path, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, seed=seed)
-            digest_file.write_text(_sha256_file(path) + "\n")
-        models[name] = (path, digest_file.read_text().strip())
-    return models
+    """name -> (GGUF, sha256 hex) in ``where``: written and hashed once, reused when there.
+
+    Missing models are written in parallel, one process each (the random weights are CPU
+    bound: 4 x 8 GiB one after another take minutes)."""
+    paths = [where / f"{name.split(':')[0]}-{size}.gguf" for name in names]
+    with ProcessPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
+        digests = list(pool.map(_make_model, paths, [size] * len(names), range(len(names))))
+    return {name: (path, digest) for name, path, digest in zip(names, paths, digests, strict=True)}
 
 
 def seed_store(sup: SimulatorSupervisor, models: dict[str, tuple[Path, str]]) -> None:
